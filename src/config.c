@@ -1,0 +1,2 @@
+/* Placeholder: being written. */
+typedef int mca_placeholder_config;
