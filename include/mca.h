@@ -107,8 +107,6 @@ typedef struct mca_context_options {
     mca_log_fn log;           /* may be NULL */
     void *log_user_data;      /* borrowed, passed to `log` */
     mca_log_level_t log_level;
-    /* File of tuned CLBlast parameters to apply; NULL reads MCA_CLBLAST_TUNING. */
-    const char *tuning_file;
 } mca_context_options_t;
 
 typedef struct mca_context mca_context_t;

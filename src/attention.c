@@ -1,2 +1,766 @@
-/* Placeholder: being written. */
-typedef int mca_placeholder_attention;
+/* Attention layer: exact and Monte-Carlo self-attention for a padded batch. */
+#include "attention.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm.h"
+
+/* The Philox counter packs layer * 65536 + head into one 32-bit word. */
+#define MAX_COUNTER_FIELD 65536u
+
+/* Kernels index with 32-bit integers; every element count must stay below this. */
+#define MAX_ELEMENTS ((size_t)1 << 31)
+
+void mca_forward_options_init(mca_forward_options_t *options)
+{
+    if (options == NULL)
+        return;
+    memset(options, 0, sizeof *options);
+    options->mode = MCA_MODE_EXACT;
+    options->alpha = 0.2f;
+    options->min_samples = 1;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Creation                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+static int check_finite(const float *values, size_t count, const char *name)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (!isfinite(values[i]))
+            return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                             "%s[%zu] is %g; weights must be finite", name, i,
+                             (double)values[i]);
+    }
+    return MCA_SUCCESS;
+}
+
+static int validate_weights(const mca_attention_weights_t *w)
+{
+    if (w->hidden_size <= 0 || w->heads <= 0)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "hidden_size %d and heads %d must both be positive", w->hidden_size,
+                         w->heads);
+    if (w->hidden_size % w->heads != 0)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "hidden_size %d is not divisible by heads %d", w->hidden_size,
+                         w->heads);
+    if (w->hidden_size / w->heads > MCA_MAX_HEAD_WIDTH)
+        return mca_error(MCA_ERROR_NOT_IMPLEMENTED,
+                         "head width %d (hidden_size %d / heads %d) exceeds the supported "
+                         "maximum %d",
+                         w->hidden_size / w->heads, w->hidden_size, w->heads,
+                         MCA_MAX_HEAD_WIDTH);
+    if ((unsigned)w->heads >= MAX_COUNTER_FIELD)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT, "heads %d must be below %u", w->heads,
+                         MAX_COUNTER_FIELD);
+    if ((size_t)w->hidden_size * (size_t)w->hidden_size * 3 >= MAX_ELEMENTS)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT, "hidden_size %d is too large",
+                         w->hidden_size);
+
+    const float *arrays[] = {w->query_weight, w->query_bias, w->key_weight,
+                             w->key_bias,     w->value_weight, w->value_bias};
+    const char *names[] = {"query_weight", "query_bias", "key_weight",
+                           "key_bias",     "value_weight", "value_bias"};
+    size_t d = (size_t)w->hidden_size;
+    for (int i = 0; i < 6; i++) {
+        if (arrays[i] == NULL)
+            return mca_error(MCA_ERROR_INVALID_ARGUMENT, "attention weight %s is NULL",
+                             names[i]);
+        int status = check_finite(arrays[i], i % 2 == 0 ? d * d : d, names[i]);
+        if (status != MCA_SUCCESS)
+            return status;
+    }
+    return MCA_SUCCESS;
+}
+
+/* Packs the host weights into the device layouts: Q, K and V stacked for one projection
+ * GEMM, and W_V transposed once so that sampled columns are contiguous. */
+static int upload_weights(mca_attention_t *layer, const mca_attention_weights_t *w)
+{
+    size_t d = (size_t)w->hidden_size;
+    size_t block = d * d;
+    float *packed = malloc((3 * block + d * d + 3 * d) * sizeof *packed);
+    if (packed == NULL)
+        return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
+                         "cannot allocate %zu bytes to pack attention weights",
+                         (3 * block + d * d + 3 * d) * sizeof *packed);
+    float *transposed = packed + 3 * block;
+    float *bias = transposed + block;
+    memcpy(packed, w->query_weight, block * sizeof *packed);
+    memcpy(packed + block, w->key_weight, block * sizeof *packed);
+    memcpy(packed + 2 * block, w->value_weight, block * sizeof *packed);
+    for (size_t out = 0; out < d; out++)
+        for (size_t in = 0; in < d; in++)
+            transposed[in * d + out] = w->value_weight[out * d + in];
+    memcpy(bias, w->query_bias, d * sizeof *bias);
+    memcpy(bias + d, w->key_bias, d * sizeof *bias);
+    memcpy(bias + 2 * d, w->value_bias, d * sizeof *bias);
+
+    mca_context_t *context = layer->context;
+    int status = mca_buffer_create(context, 3 * block * sizeof(float), packed,
+                                   "projection weights", &layer->projection_weight);
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_create(context, block * sizeof(float), transposed,
+                                   "transposed value weight", &layer->value_weight_transposed);
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_create(context, 3 * d * sizeof(float), bias, "projection biases",
+                                   &layer->projection_bias);
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_create(context, d * sizeof(float), bias + 2 * d, "value bias",
+                                   &layer->value_bias);
+    free(packed);
+    return status;
+}
+
+mca_status_t mca_attention_create(mca_context_t *context, const mca_attention_weights_t *weights,
+                                  mca_attention_t **attention)
+{
+    mca_error_clear();
+    if (context == NULL || weights == NULL || attention == NULL)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "mca_attention_create: context, weights and output must not be NULL");
+    int status = validate_weights(weights);
+    if (status != MCA_SUCCESS)
+        return mca_context_error(context, status, "%s", mca_last_error());
+
+    mca_attention_t *layer = calloc(1, sizeof *layer);
+    if (layer == NULL)
+        return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY, "cannot allocate an attention layer");
+    layer->context = context;
+    layer->hidden_size = weights->hidden_size;
+    layer->heads = weights->heads;
+    layer->head_width = weights->hidden_size / weights->heads;
+
+    status = upload_weights(layer, weights);
+    /* W_V is the last (D, D) block of the stacked projection weights. */
+    if (status == MCA_SUCCESS)
+        status = mca_sampling_tables_create(
+            context, layer->projection_weight,
+            2 * (size_t)layer->hidden_size * (size_t)layer->hidden_size, layer->hidden_size,
+            layer->heads, &layer->tables);
+    if (status != MCA_SUCCESS) {
+        mca_attention_destroy(layer);
+        return status;
+    }
+    *attention = layer;
+    return MCA_SUCCESS;
+}
+
+void mca_attention_destroy(mca_attention_t *attention)
+{
+    if (attention == NULL)
+        return;
+    mca_buffer_release(&attention->projection_weight);
+    mca_buffer_release(&attention->projection_bias);
+    mca_buffer_release(&attention->value_bias);
+    mca_buffer_release(&attention->value_weight_transposed);
+    mca_sampling_tables_release(&attention->tables);
+
+    mca_workspace_buffer_t *buffers = (mca_workspace_buffer_t *)&attention->workspace;
+    size_t count = sizeof attention->workspace / sizeof *buffers;
+    for (size_t i = 0; i < count; i++)
+        mca_buffer_release(&buffers[i].buffer);
+
+    free(attention->host.counts);
+    free(attention->host.bounds);
+    free(attention->host.pairs);
+    free(attention->host.distinct);
+    free(attention->host.exact_rows);
+    free(attention->host.gemm_offsets);
+    free(attention);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Forward pass                                                                          */
+/* ------------------------------------------------------------------------------------ */
+
+/* Shape of one forward call. */
+typedef struct forward_shape {
+    size_t batch, tokens, hidden, heads, head_width;
+    size_t rows;       /* batch * tokens */
+    size_t proj_ld;    /* 3 * hidden */
+} forward_shape_t;
+
+static int validate_forward(const mca_attention_t *layer, const mca_forward_options_t *options,
+                            int batch, int tokens, const int *valid_lengths)
+{
+    if (options == NULL || valid_lengths == NULL)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "forward: options and valid_lengths must not be NULL");
+    if (batch <= 0 || tokens <= 0)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "forward: batch %d and tokens %d must both be positive", batch, tokens);
+    if (options->mode != MCA_MODE_EXACT && options->mode != MCA_MODE_MCA)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "mode %d is invalid; use MCA_MODE_EXACT or MCA_MODE_MCA",
+                         (int)options->mode);
+    if (options->mode == MCA_MODE_MCA && !(isfinite(options->alpha) && options->alpha > 0.0f))
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "alpha %g is invalid; it must be finite and greater than 0",
+                         (double)options->alpha);
+    if (options->budget_length < 0 || options->budget_length > MCA_MAX_BUDGET_LENGTH)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "budget length %d is out of range 0 .. %d (0 uses each sequence's "
+                         "valid length)",
+                         options->budget_length, MCA_MAX_BUDGET_LENGTH);
+    if (options->min_samples < 0 || options->min_samples > layer->hidden_size)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "minimum samples %d is out of range 0 .. %d (the hidden size)",
+                         options->min_samples, layer->hidden_size);
+    if (options->layer_index >= MAX_COUNTER_FIELD)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT, "layer index %u must be below %u",
+                         options->layer_index, MAX_COUNTER_FIELD);
+    if ((uint64_t)options->first_sequence + (uint64_t)batch > UINT32_MAX)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "first sequence %u plus batch %d exceeds the 32-bit sequence counter",
+                         options->first_sequence, batch);
+    for (int b = 0; b < batch; b++) {
+        if (valid_lengths[b] < 0 || valid_lengths[b] > tokens)
+            return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                             "valid_lengths[%d] = %d is out of range 0 .. %d (tokens)", b,
+                             valid_lengths[b], tokens);
+    }
+
+    /* The largest per-call array is the (B, H, T, T) probability tensor. */
+    size_t b = (size_t)batch, t = (size_t)tokens, h = (size_t)layer->heads;
+    if (t > MAX_ELEMENTS / t || b * h > MAX_ELEMENTS / (t * t) ||
+        b * t > MAX_ELEMENTS / (3 * (size_t)layer->hidden_size))
+        return mca_error(MCA_ERROR_INPUT_TOO_LONG,
+                         "batch %d x %d tokens x %d heads is too large for 32-bit kernel "
+                         "indexing; split the batch",
+                         batch, tokens, layer->heads);
+    return MCA_SUCCESS;
+}
+
+static int reserve(mca_attention_t *layer, mca_workspace_buffer_t *slot, size_t bytes,
+                   const char *what)
+{
+    return mca_buffer_reserve(layer->context, &slot->buffer, &slot->capacity,
+                              bytes > 0 ? bytes : sizeof(float), what);
+}
+
+static int reserve_host(void **array, size_t *capacity, size_t count, size_t size)
+{
+    if (*capacity >= count && *array != NULL)
+        return MCA_SUCCESS;
+    void *grown = realloc(*array, (count > 0 ? count : 1) * size);
+    if (grown == NULL)
+        return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY, "cannot allocate %zu bytes of host "
+                         "scratch memory", count * size);
+    *array = grown;
+    *capacity = count;
+    return MCA_SUCCESS;
+}
+
+/* Q and K (and V in exact mode) for every row, plus biases; padded value rows are zeroed so
+ * that 0 * (garbage) in A * V cannot produce NaN. */
+static int project(mca_attention_t *layer, const forward_shape_t *s, bool with_values,
+                   cl_mem hidden, cl_mem projections, cl_mem lengths)
+{
+    mca_context_t *context = layer->context;
+    size_t columns = (with_values ? 3 : 2) * s->hidden;
+    mca_matrix_t x = {hidden, 0, s->hidden};
+    mca_matrix_t w = {layer->projection_weight, 0, s->hidden};
+    mca_matrix_t out = {projections, 0, s->proj_ld};
+    int status = mca_gemm(context, false, true, s->rows, columns, s->hidden, 1.0f, x, w, 0.0f,
+                          out);
+
+    cl_kernel bias_kernel = NULL;
+    if (status == MCA_SUCCESS)
+        status = mca_context_kernel(context, "add_bias", &bias_kernel);
+    cl_uint rows = (cl_uint)s->rows, width = (cl_uint)columns, ld = (cl_uint)s->proj_ld;
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(context, bias_kernel, 5, MCA_ARG(rows), MCA_ARG(width),
+                                     MCA_ARG(ld), MCA_ARG(layer->projection_bias),
+                                     MCA_ARG(projections));
+    size_t bias_global[2] = {columns, s->rows};
+    if (status == MCA_SUCCESS)
+        status = mca_launch(context, bias_kernel, 2, bias_global, NULL);
+
+    cl_kernel zero_kernel = NULL;
+    if (status == MCA_SUCCESS)
+        status = mca_context_kernel(context, "zero_padded_rows", &zero_kernel);
+    cl_uint batch = (cl_uint)s->batch, tokens = (cl_uint)s->tokens;
+    cl_uint hidden_size = (cl_uint)s->hidden, value_offset = (cl_uint)(2 * s->hidden);
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(context, zero_kernel, 7, MCA_ARG(batch), MCA_ARG(tokens),
+                                     MCA_ARG(hidden_size), MCA_ARG(ld), MCA_ARG(value_offset),
+                                     MCA_ARG(lengths), MCA_ARG(projections));
+    size_t zero_global[2] = {s->hidden, s->rows};
+    if (status == MCA_SUCCESS)
+        status = mca_launch(context, zero_kernel, 2, zero_global, NULL);
+    return status;
+}
+
+static int enqueue_rows(mca_attention_t *layer, cl_kernel kernel, const forward_shape_t *s)
+{
+    size_t global[2] = {s->tokens, s->batch * s->heads};
+    return mca_launch(layer->context, kernel, 2, global, NULL);
+}
+
+static int compute_probabilities(mca_attention_t *layer, const forward_shape_t *s,
+                                 cl_mem projections, cl_mem lengths, cl_mem probabilities)
+{
+    cl_kernel kernel = NULL;
+    int status = mca_context_kernel(layer->context, "attention_probabilities", &kernel);
+    cl_uint batch = (cl_uint)s->batch, heads = (cl_uint)s->heads, tokens = (cl_uint)s->tokens;
+    cl_uint head_width = (cl_uint)s->head_width, ld = (cl_uint)s->proj_ld;
+    cl_uint key_offset = (cl_uint)s->hidden;
+    float scale = 1.0f / sqrtf((float)s->head_width);
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(layer->context, kernel, 10, MCA_ARG(batch), MCA_ARG(heads),
+                                     MCA_ARG(tokens), MCA_ARG(head_width), MCA_ARG(ld),
+                                     MCA_ARG(key_offset), MCA_ARG(scale), MCA_ARG(lengths),
+                                     MCA_ARG(projections), MCA_ARG(probabilities));
+    if (status == MCA_SUCCESS)
+        status = enqueue_rows(layer, kernel, s);
+    return status;
+}
+
+/* out[b, :, h*d:(h+1)*d] = A[b, h] * V_h for every (b, h), as one batched GEMM. */
+static int multiply_values(mca_attention_t *layer, const forward_shape_t *s,
+                           cl_mem probabilities, cl_mem projections, cl_mem output)
+{
+    size_t count = s->batch * s->heads;
+    int status = reserve_host((void **)&layer->host.gemm_offsets,
+                              &layer->host.offsets_capacity, 3 * count, sizeof(size_t));
+    if (status != MCA_SUCCESS)
+        return status;
+    size_t *a_offsets = layer->host.gemm_offsets;
+    size_t *b_offsets = a_offsets + count;
+    size_t *c_offsets = b_offsets + count;
+    for (size_t b = 0; b < s->batch; b++) {
+        for (size_t h = 0; h < s->heads; h++) {
+            size_t bh = b * s->heads + h;
+            a_offsets[bh] = bh * s->tokens * s->tokens;
+            b_offsets[bh] = b * s->tokens * s->proj_ld + 2 * s->hidden + h * s->head_width;
+            c_offsets[bh] = b * s->tokens * s->hidden + h * s->head_width;
+        }
+    }
+    mca_matrix_t a = {probabilities, 0, s->tokens};
+    mca_matrix_t v = {projections, 0, s->proj_ld};
+    mca_matrix_t c = {output, 0, s->hidden};
+    return mca_gemm_batched(layer->context, false, false, s->tokens, s->head_width, s->tokens,
+                            1.0f, a, a_offsets, v, b_offsets, 0.0f, c, c_offsets, count);
+}
+
+/* Sample counts, token norms and per-row error bounds on the device; the counts and bounds
+ * are read back for planning and statistics. */
+static int compute_counts(mca_attention_t *layer, const mca_forward_options_t *options,
+                          const forward_shape_t *s, cl_mem hidden, cl_mem lengths,
+                          cl_mem probabilities)
+{
+    mca_context_t *context = layer->context;
+    mca_attention_workspace_t *ws = &layer->workspace;
+    size_t triples = s->batch * s->heads * s->tokens;
+    int status = reserve(layer, &ws->counts, triples * sizeof(cl_uint), "sample counts");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->norms, s->rows * sizeof(float), "token norms");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->bounds, triples * sizeof(float), "error bounds");
+    if (status != MCA_SUCCESS)
+        return status;
+
+    cl_kernel counts = NULL;
+    status = mca_context_kernel(context, "sample_counts", &counts);
+    cl_uint batch = (cl_uint)s->batch, heads = (cl_uint)s->heads, tokens = (cl_uint)s->tokens;
+    cl_uint hidden_size = (cl_uint)s->hidden;
+    cl_uint budget = (cl_uint)options->budget_length;
+    cl_uint min_samples = (cl_uint)options->min_samples;
+    float alpha = options->alpha;
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(context, counts, 10, MCA_ARG(batch), MCA_ARG(heads),
+                                     MCA_ARG(tokens), MCA_ARG(hidden_size), MCA_ARG(budget),
+                                     MCA_ARG(min_samples), MCA_ARG(alpha), MCA_ARG(lengths),
+                                     MCA_ARG(probabilities), MCA_ARG(ws->counts.buffer));
+    if (status == MCA_SUCCESS)
+        status = enqueue_rows(layer, counts, s);
+    if (status != MCA_SUCCESS)
+        return status;
+
+    cl_kernel norms = NULL;
+    status = mca_context_kernel(context, "token_norms", &norms);
+    cl_uint rows = (cl_uint)s->rows;
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(context, norms, 4, MCA_ARG(rows), MCA_ARG(hidden_size),
+                                     MCA_ARG(hidden), MCA_ARG(ws->norms.buffer));
+    if (status == MCA_SUCCESS)
+        status = mca_launch(context, norms, 1, &s->rows, NULL);
+    if (status != MCA_SUCCESS)
+        return status;
+
+    cl_kernel bounds = NULL;
+    status = mca_context_kernel(context, "error_bounds", &bounds);
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(context, bounds, 10, MCA_ARG(batch), MCA_ARG(heads),
+                                     MCA_ARG(tokens), MCA_ARG(hidden_size), MCA_ARG(lengths),
+                                     MCA_ARG(probabilities), MCA_ARG(ws->counts.buffer),
+                                     MCA_ARG(ws->norms.buffer),
+                                     MCA_ARG(layer->tables.head_norms),
+                                     MCA_ARG(ws->bounds.buffer));
+    if (status == MCA_SUCCESS)
+        status = enqueue_rows(layer, bounds, s);
+    if (status != MCA_SUCCESS)
+        return status;
+
+    mca_attention_host_t *host = &layer->host;
+    status = reserve_host((void **)&host->counts, &host->counts_capacity, triples,
+                          sizeof(cl_uint));
+    if (status == MCA_SUCCESS)
+        status = reserve_host((void **)&host->bounds, &host->bounds_capacity, triples,
+                              sizeof(float));
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_read(context, ws->counts.buffer, 0, triples * sizeof(cl_uint),
+                                 host->counts);
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_read(context, ws->bounds.buffer, 0, triples * sizeof(float),
+                                 host->bounds);
+    return status;
+}
+
+/* Lists the (token, head) pairs to sample and the tokens with an exact head. */
+static int plan_values(mca_attention_t *layer, const forward_shape_t *s, const int *lengths,
+                       size_t *pair_count, size_t *sample_total, size_t *exact_count)
+{
+    mca_attention_host_t *host = &layer->host;
+    size_t triples = s->batch * s->heads * s->tokens;
+    int status = reserve_host((void **)&host->pairs, &host->pairs_capacity, 4 * triples,
+                              sizeof(cl_uint));
+    if (status == MCA_SUCCESS)
+        status = reserve_host((void **)&host->distinct, &host->distinct_capacity, triples,
+                              sizeof(cl_uint));
+    if (status == MCA_SUCCESS)
+        status = reserve_host((void **)&host->exact_rows, &host->rows_capacity, s->rows,
+                              sizeof(cl_uint));
+    if (status != MCA_SUCCESS)
+        return status;
+
+    size_t pairs = 0, samples = 0, exact = 0;
+    for (size_t b = 0; b < s->batch; b++) {
+        for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+            bool has_exact_head = false;
+            for (size_t h = 0; h < s->heads; h++) {
+                cl_uint r = host->counts[(b * s->heads + h) * s->tokens + j];
+                if (r >= s->hidden) {
+                    has_exact_head = true;
+                    continue;
+                }
+                cl_uint *pair = host->pairs + 4 * pairs++;
+                pair[0] = (cl_uint)(b * s->tokens + j);
+                pair[1] = (cl_uint)h;
+                pair[2] = r;
+                pair[3] = (cl_uint)samples;
+                samples += r;
+            }
+            if (has_exact_head)
+                host->exact_rows[exact++] = (cl_uint)(b * s->tokens + j);
+        }
+    }
+    *pair_count = pairs;
+    *sample_total = samples;
+    *exact_count = exact;
+    return MCA_SUCCESS;
+}
+
+/* Value rows of the tokens with at least one exact head: gather, one GEMM, scatter. */
+static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s,
+                                size_t exact_count, cl_mem hidden, cl_mem projections)
+{
+    if (exact_count == 0)
+        return MCA_SUCCESS;
+    mca_context_t *context = layer->context;
+    mca_attention_workspace_t *ws = &layer->workspace;
+    size_t block = exact_count * s->hidden * sizeof(float);
+    int status = reserve(layer, &ws->exact_rows, exact_count * sizeof(cl_uint), "exact rows");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->exact_hidden, block, "exact hidden rows");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->exact_values, block, "exact value rows");
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_write(context, ws->exact_rows.buffer, 0,
+                                  exact_count * sizeof(cl_uint), layer->host.exact_rows);
+    if (status != MCA_SUCCESS)
+        return status;
+
+    cl_kernel gather = NULL;
+    cl_uint count = (cl_uint)exact_count, width = (cl_uint)s->hidden;
+    status = mca_context_kernel(context, "gather_rows", &gather);
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(context, gather, 5, MCA_ARG(count), MCA_ARG(width),
+                                     MCA_ARG(ws->exact_rows.buffer), MCA_ARG(hidden),
+                                     MCA_ARG(ws->exact_hidden.buffer));
+    size_t global[2] = {s->hidden, exact_count};
+    if (status == MCA_SUCCESS)
+        status = mca_launch(context, gather, 2, global, NULL);
+
+    mca_matrix_t x = {ws->exact_hidden.buffer, 0, s->hidden};
+    mca_matrix_t w = {layer->projection_weight, 2 * s->hidden * s->hidden, s->hidden};
+    mca_matrix_t v = {ws->exact_values.buffer, 0, s->hidden};
+    if (status == MCA_SUCCESS)
+        status = mca_gemm(context, false, true, exact_count, s->hidden, s->hidden, 1.0f, x, w,
+                          0.0f, v);
+
+    cl_kernel scatter = NULL;
+    if (status == MCA_SUCCESS)
+        status = mca_context_kernel(context, "scatter_exact_values", &scatter);
+    cl_uint heads = (cl_uint)s->heads, tokens = (cl_uint)s->tokens;
+    cl_uint ld = (cl_uint)s->proj_ld, value_offset = (cl_uint)(2 * s->hidden);
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(context, scatter, 11, MCA_ARG(count), MCA_ARG(width),
+                                     MCA_ARG(heads), MCA_ARG(tokens), MCA_ARG(ld),
+                                     MCA_ARG(value_offset), MCA_ARG(ws->exact_rows.buffer),
+                                     MCA_ARG(ws->counts.buffer), MCA_ARG(ws->exact_values.buffer),
+                                     MCA_ARG(layer->value_bias), MCA_ARG(projections));
+    if (status == MCA_SUCCESS)
+        status = mca_launch(context, scatter, 2, global, NULL);
+    return status;
+}
+
+/* Sampled value rows: draw and merge column indices, then accumulate. */
+static int compute_sampled_values(mca_attention_t *layer, const mca_forward_options_t *options,
+                                  const forward_shape_t *s, size_t pair_count,
+                                  size_t sample_total, cl_mem hidden, cl_mem projections)
+{
+    if (pair_count == 0)
+        return MCA_SUCCESS;
+    mca_context_t *context = layer->context;
+    mca_attention_workspace_t *ws = &layer->workspace;
+    int status = reserve(layer, &ws->pairs, pair_count * 4 * sizeof(cl_uint), "sample pairs");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->distinct, pair_count * sizeof(cl_uint), "distinct counts");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->columns, sample_total * sizeof(cl_uint), "sampled columns");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->weights, sample_total * sizeof(float), "sample weights");
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_write(context, ws->pairs.buffer, 0,
+                                  pair_count * 4 * sizeof(cl_uint), layer->host.pairs);
+    if (status != MCA_SUCCESS)
+        return status;
+
+    mca_draw_request_t request = {
+        .pair_count = (uint32_t)pair_count,
+        .tokens = (uint32_t)s->tokens,
+        .seed = options->seed,
+        .layer = options->layer_index,
+        .first_sequence = options->first_sequence,
+        .pairs = ws->pairs.buffer,
+        .hidden = hidden,
+        .columns = ws->columns.buffer,
+        .weights = ws->weights.buffer,
+        .distinct = ws->distinct.buffer,
+    };
+    status = mca_sampling_draw(context, &layer->tables, &request);
+    if (status == MCA_SUCCESS)
+        status = mca_sampling_accumulate(context, &layer->tables, &request,
+                                         layer->value_weight_transposed, layer->value_bias,
+                                         s->proj_ld, 2 * s->hidden, projections);
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_read(context, ws->distinct.buffer, 0, pair_count * sizeof(cl_uint),
+                                 layer->host.distinct);
+    return status;
+}
+
+static int histogram_bin(cl_uint r, size_t hidden)
+{
+    if (r >= hidden)
+        return MCA_HISTOGRAM_BINS - 1;
+    int bin = 0;
+    while (r > 0 && bin < MCA_HISTOGRAM_BINS - 2) {
+        r >>= 1;
+        bin++;
+    }
+    return bin;
+}
+
+static unsigned search_steps(size_t n)
+{
+    unsigned steps = 0;
+    while (((size_t)1 << steps) < n)
+        steps++;
+    return steps;
+}
+
+/* Adds this call's counts to *stats. In MCA mode reads the host copies of the counts,
+ * bounds and distinct-column counts that the forward pass left. */
+static void add_stats(const mca_attention_t *layer, const mca_forward_options_t *options,
+                      const forward_shape_t *s, const int *lengths, size_t pair_count,
+                      mca_forward_stats_t *stats)
+{
+    mca_forward_stats_t call;
+    memset(&call, 0, sizeof call);
+    double d = (double)s->hidden;
+    call.padded_positions = s->rows;
+    call.paper_ratio_count = s->batch * s->heads * s->tokens;
+    for (size_t b = 0; b < s->batch; b++) {
+        call.valid_tokens += (uint64_t)lengths[b];
+        call.exact_value_flops += 2.0 * lengths[b] * d * d;
+    }
+
+    if (options->mode == MCA_MODE_EXACT) {
+        call.value_flops = call.exact_value_flops;
+        call.paper_ratio_sum = (double)call.paper_ratio_count;
+        call.histogram[MCA_HISTOGRAM_BINS - 1] = call.valid_tokens * s->heads;
+        call.error_bound_rows = call.valid_tokens * s->heads;
+        mca_forward_stats_add(stats, &call);
+        return;
+    }
+
+    const mca_attention_host_t *host = &layer->host;
+    unsigned steps = search_steps(s->hidden);
+    for (size_t b = 0; b < s->batch; b++) {
+        for (size_t h = 0; h < s->heads; h++) {
+            size_t base = (b * s->heads + h) * s->tokens;
+            for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+                cl_uint r = host->counts[base + j];
+                call.paper_ratio_sum += r >= s->hidden ? 1.0 : r / d;
+                call.histogram[histogram_bin(r, s->hidden)]++;
+                if (r >= s->hidden) {
+                    call.value_flops += 2.0 * s->head_width * d;
+                } else {
+                    call.samples_drawn += r;
+                    call.uniforms_drawn += r;
+                    call.search_steps += (uint64_t)r * steps;
+                }
+                double bound = host->bounds[base + j];
+                call.error_bound_sum += bound;
+                call.error_bound_rows++;
+                if (bound > call.error_bound_max)
+                    call.error_bound_max = bound;
+            }
+        }
+    }
+    for (size_t q = 0; q < pair_count; q++) {
+        call.distinct_columns += host->distinct[q];
+        call.value_flops += 2.0 * host->distinct[q] * s->head_width;
+    }
+    mca_forward_stats_add(stats, &call);
+}
+
+static int forward_on_device(mca_attention_t *layer, const mca_forward_options_t *options,
+                             const forward_shape_t *s, const int *valid_lengths, cl_mem hidden,
+                             cl_mem output, mca_forward_stats_t *stats)
+{
+    mca_context_t *context = layer->context;
+    mca_attention_workspace_t *ws = &layer->workspace;
+    bool exact = options->mode == MCA_MODE_EXACT;
+
+    int status = reserve(layer, &ws->lengths, s->batch * sizeof(int), "valid lengths");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->projections, s->rows * s->proj_ld * sizeof(float),
+                         "Q, K and V projections");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->probabilities,
+                         s->batch * s->heads * s->tokens * s->tokens * sizeof(float),
+                         "attention probabilities");
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_write(context, ws->lengths.buffer, 0, s->batch * sizeof(int),
+                                  valid_lengths);
+    if (status == MCA_SUCCESS)
+        status = project(layer, s, exact, hidden, ws->projections.buffer, ws->lengths.buffer);
+    if (status == MCA_SUCCESS)
+        status = compute_probabilities(layer, s, ws->projections.buffer, ws->lengths.buffer,
+                                       ws->probabilities.buffer);
+
+    size_t pair_count = 0, sample_total = 0, exact_count = 0;
+    if (status == MCA_SUCCESS && !exact) {
+        status = compute_counts(layer, options, s, hidden, ws->lengths.buffer,
+                                ws->probabilities.buffer);
+        if (status == MCA_SUCCESS)
+            status = plan_values(layer, s, valid_lengths, &pair_count, &sample_total,
+                                 &exact_count);
+        if (status == MCA_SUCCESS && sample_total >= MAX_ELEMENTS)
+            status = mca_context_error(context, MCA_ERROR_INPUT_TOO_LONG,
+                                       "%zu samples exceed 32-bit kernel indexing; split the "
+                                       "batch or raise alpha",
+                                       sample_total);
+        if (status == MCA_SUCCESS)
+            status = compute_exact_values(layer, s, exact_count, hidden, ws->projections.buffer);
+        if (status == MCA_SUCCESS)
+            status = compute_sampled_values(layer, options, s, pair_count, sample_total, hidden,
+                                            ws->projections.buffer);
+    }
+    if (status == MCA_SUCCESS)
+        status = multiply_values(layer, s, ws->probabilities.buffer, ws->projections.buffer,
+                                 output);
+    if (status == MCA_SUCCESS)
+        status = mca_check_cl(context, clFinish(context->queue), "clFinish");
+    if (status == MCA_SUCCESS && stats != NULL)
+        add_stats(layer, options, s, valid_lengths, pair_count, stats);
+    return status;
+}
+
+static forward_shape_t make_shape(const mca_attention_t *layer, int batch, int tokens)
+{
+    forward_shape_t s;
+    s.batch = (size_t)batch;
+    s.tokens = (size_t)tokens;
+    s.hidden = (size_t)layer->hidden_size;
+    s.heads = (size_t)layer->heads;
+    s.head_width = (size_t)layer->head_width;
+    s.rows = s.batch * s.tokens;
+    s.proj_ld = 3 * s.hidden;
+    return s;
+}
+
+mca_status_t mca_attention_forward_buffers(mca_attention_t *attention,
+                                           const mca_forward_options_t *options, int batch,
+                                           int tokens, const int *valid_lengths, cl_mem hidden,
+                                           cl_mem context, mca_forward_stats_t *stats)
+{
+    mca_error_clear();
+    if (attention == NULL || hidden == NULL || context == NULL)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "forward: attention, hidden and context must not be NULL");
+    int status = validate_forward(attention, options, batch, tokens, valid_lengths);
+    if (status != MCA_SUCCESS)
+        return mca_context_error(attention->context, status, "%s", mca_last_error());
+    forward_shape_t s = make_shape(attention, batch, tokens);
+
+    size_t needed = s.rows * s.hidden * sizeof(float);
+    size_t hidden_size = 0, context_size = 0;
+    cl_int code = clGetMemObjectInfo(hidden, CL_MEM_SIZE, sizeof hidden_size, &hidden_size, NULL);
+    if (code == CL_SUCCESS)
+        code = clGetMemObjectInfo(context, CL_MEM_SIZE, sizeof context_size, &context_size, NULL);
+    if (code != CL_SUCCESS)
+        return mca_check_cl(attention->context, code, "clGetMemObjectInfo on the forward buffers");
+    if (hidden_size < needed || context_size < needed)
+        return mca_context_error(attention->context, MCA_ERROR_INVALID_ARGUMENT,
+                                 "forward buffers hold %zu and %zu bytes, but batch %d x %d "
+                                 "tokens x %d needs %zu",
+                                 hidden_size, context_size, batch, tokens,
+                                 attention->hidden_size, needed);
+    return forward_on_device(attention, options, &s, valid_lengths, hidden, context, stats);
+}
+
+mca_status_t mca_attention_forward(mca_attention_t *attention, const mca_forward_options_t *options,
+                                   int batch, int tokens, const int *valid_lengths,
+                                   const float *hidden, float *context, mca_forward_stats_t *stats)
+{
+    mca_error_clear();
+    if (attention == NULL || hidden == NULL || context == NULL)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "forward: attention, hidden and context must not be NULL");
+    int status = validate_forward(attention, options, batch, tokens, valid_lengths);
+    if (status != MCA_SUCCESS)
+        return mca_context_error(attention->context, status, "%s", mca_last_error());
+    forward_shape_t s = make_shape(attention, batch, tokens);
+
+    mca_attention_workspace_t *ws = &attention->workspace;
+    size_t bytes = s.rows * s.hidden * sizeof(float);
+    status = reserve(attention, &ws->hidden, bytes, "hidden states");
+    if (status == MCA_SUCCESS)
+        status = reserve(attention, &ws->output, bytes, "attention output");
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_write(attention->context, ws->hidden.buffer, 0, bytes, hidden);
+    if (status == MCA_SUCCESS)
+        status = forward_on_device(attention, options, &s, valid_lengths, ws->hidden.buffer,
+                                   ws->output.buffer, stats);
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_read(attention->context, ws->output.buffer, 0, bytes, context);
+    return status;
+}
