@@ -1,8 +1,8 @@
 /*
  * common.cl: element-wise kernels shared by the attention layer and the encoder.
  *
- *   add_bias          out[r, c] += bias[c] over a (rows, columns) block with leading
- *                     dimension ld.
+ *   add_bias          out[out_offset + r * ld + c] += bias[bias_offset + c] over a
+ *                     (rows, columns) block.
  *   zero_padded_rows  sets rows i >= valid_lengths[b] of a (batch, tokens, width) block that
  *                     starts at element `offset` with leading dimension ld to zero.
  *
@@ -11,13 +11,14 @@
  */
 
 __kernel void add_bias(const uint rows, const uint columns, const uint ld,
+                       const uint bias_offset, const uint out_offset,
                        __global const float *bias, __global float *out)
 {
     const uint c = get_global_id(0);
     const uint r = get_global_id(1);
     if (c >= columns || r >= rows)
         return;
-    out[(size_t)r * ld + c] += bias[c];
+    out[out_offset + (size_t)r * ld + c] += bias[bias_offset + c];
 }
 
 __kernel void zero_padded_rows(const uint batch, const uint tokens, const uint width,

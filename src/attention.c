@@ -13,6 +13,69 @@
 /* Kernels index with 32-bit integers; every element count must stay below this. */
 #define MAX_ELEMENTS ((size_t)1 << 31)
 
+const char *const mca_stage_names[MCA_STAGE_COUNT] = {
+    "qk_projection", "scores",  "statistics",   "planning",
+    "exact_values",  "sampling", "accumulation", "attend",
+};
+
+/* Enqueues a marker at the start (end = 0) or end (end = 1) of a stage when profiling. */
+static int mark_stage(mca_attention_t *layer, mca_stage_t stage, int end)
+{
+    if (layer->profile == NULL)
+        return MCA_SUCCESS;
+    cl_event *event = &layer->stage_events[stage][end];
+    if (*event != NULL) {
+        clReleaseEvent(*event);
+        *event = NULL;
+    }
+    cl_int code = clEnqueueMarkerWithWaitList(layer->context->queue, 0, NULL, event);
+    return mca_check_cl(layer->context, code, "clEnqueueMarkerWithWaitList");
+}
+
+static int event_end_time(const mca_context_t *context, cl_event event, cl_ulong *nanoseconds)
+{
+    cl_int code = clGetEventProfilingInfo(event, CL_PROFILING_COMMAND_END, sizeof *nanoseconds,
+                                          nanoseconds, NULL);
+    return mca_check_cl(context, code, "clGetEventProfilingInfo");
+}
+
+static void release_stage_events(mca_attention_t *layer)
+{
+    for (int stage = 0; stage < MCA_STAGE_COUNT; stage++) {
+        for (int i = 0; i < 2; i++) {
+            if (layer->stage_events[stage][i] != NULL)
+                clReleaseEvent(layer->stage_events[stage][i]);
+            layer->stage_events[stage][i] = NULL;
+        }
+    }
+}
+
+/* Converts the markers of a finished forward pass into stage times and releases them. */
+static int collect_stage_times(mca_attention_t *layer)
+{
+    mca_stage_times_t *times = layer->profile;
+    memset(times, 0, sizeof *times);
+    cl_ulong first = 0, last = 0;
+    int status = MCA_SUCCESS;
+    for (int stage = 0; stage < MCA_STAGE_COUNT; stage++) {
+        cl_event *events = layer->stage_events[stage];
+        if (events[0] != NULL && events[1] != NULL && status == MCA_SUCCESS) {
+            cl_ulong begin = 0, end = 0;
+            status = event_end_time(layer->context, events[0], &begin);
+            if (status == MCA_SUCCESS)
+                status = event_end_time(layer->context, events[1], &end);
+            if (status == MCA_SUCCESS) {
+                times->seconds[stage] = (double)(end - begin) * 1e-9;
+                first = (first == 0 || begin < first) ? begin : first;
+                last = end > last ? end : last;
+            }
+        }
+    }
+    release_stage_events(layer);
+    times->total = (double)(last - first) * 1e-9;
+    return status;
+}
+
 void mca_forward_options_init(mca_forward_options_t *options)
 {
     if (options == NULL)
@@ -171,6 +234,7 @@ void mca_attention_destroy(mca_attention_t *attention)
     free(attention->host.distinct);
     free(attention->host.exact_rows);
     free(attention->host.gemm_offsets);
+    release_stage_events(attention);
     free(attention);
 }
 
@@ -256,43 +320,50 @@ static int reserve_host(void **array, size_t *capacity, size_t count, size_t siz
     return MCA_SUCCESS;
 }
 
-/* Q and K (and V in exact mode) for every row, plus biases; padded value rows are zeroed so
- * that 0 * (garbage) in A * V cannot produce NaN. */
-static int project(mca_attention_t *layer, const forward_shape_t *s, bool with_values,
-                   cl_mem hidden, cl_mem projections, cl_mem lengths)
+/* Projects every row onto `columns` outputs starting at output `first` of the stacked
+ * Q | K | V weights, and adds their biases. */
+static int project_columns(mca_attention_t *layer, const forward_shape_t *s, size_t first,
+                           size_t columns, cl_mem hidden, cl_mem projections)
 {
     mca_context_t *context = layer->context;
-    size_t columns = (with_values ? 3 : 2) * s->hidden;
     mca_matrix_t x = {hidden, 0, s->hidden};
-    mca_matrix_t w = {layer->projection_weight, 0, s->hidden};
-    mca_matrix_t out = {projections, 0, s->proj_ld};
+    mca_matrix_t w = {layer->projection_weight, first * s->hidden, s->hidden};
+    mca_matrix_t out = {projections, first, s->proj_ld};
     int status = mca_gemm(context, false, true, s->rows, columns, s->hidden, 1.0f, x, w, 0.0f,
                           out);
 
-    cl_kernel bias_kernel = NULL;
+    cl_kernel kernel = NULL;
     if (status == MCA_SUCCESS)
-        status = mca_context_kernel(context, "add_bias", &bias_kernel);
+        status = mca_context_kernel(context, "add_bias", &kernel);
     cl_uint rows = (cl_uint)s->rows, width = (cl_uint)columns, ld = (cl_uint)s->proj_ld;
+    cl_uint offset = (cl_uint)first;
     if (status == MCA_SUCCESS)
-        status = mca_set_kernel_args(context, bias_kernel, 5, MCA_ARG(rows), MCA_ARG(width),
-                                     MCA_ARG(ld), MCA_ARG(layer->projection_bias),
-                                     MCA_ARG(projections));
-    size_t bias_global[2] = {columns, s->rows};
+        status = mca_set_kernel_args(context, kernel, 7, MCA_ARG(rows), MCA_ARG(width),
+                                     MCA_ARG(ld), MCA_ARG(offset), MCA_ARG(offset),
+                                     MCA_ARG(layer->projection_bias), MCA_ARG(projections));
+    size_t global[2] = {columns, s->rows};
     if (status == MCA_SUCCESS)
-        status = mca_launch(context, bias_kernel, 2, bias_global, NULL);
+        status = mca_launch(context, kernel, 2, global, NULL);
+    return status;
+}
 
-    cl_kernel zero_kernel = NULL;
-    if (status == MCA_SUCCESS)
-        status = mca_context_kernel(context, "zero_padded_rows", &zero_kernel);
+/* Zeroes the value rows of padded tokens, so that 0 * (garbage) in A * V cannot give NaN. */
+static int zero_padded_values(mca_attention_t *layer, const forward_shape_t *s,
+                              cl_mem projections, cl_mem lengths)
+{
+    mca_context_t *context = layer->context;
+    cl_kernel kernel = NULL;
+    int status = mca_context_kernel(context, "zero_padded_rows", &kernel);
     cl_uint batch = (cl_uint)s->batch, tokens = (cl_uint)s->tokens;
-    cl_uint hidden_size = (cl_uint)s->hidden, value_offset = (cl_uint)(2 * s->hidden);
+    cl_uint hidden_size = (cl_uint)s->hidden, ld = (cl_uint)s->proj_ld;
+    cl_uint value_offset = (cl_uint)(2 * s->hidden);
     if (status == MCA_SUCCESS)
-        status = mca_set_kernel_args(context, zero_kernel, 7, MCA_ARG(batch), MCA_ARG(tokens),
+        status = mca_set_kernel_args(context, kernel, 7, MCA_ARG(batch), MCA_ARG(tokens),
                                      MCA_ARG(hidden_size), MCA_ARG(ld), MCA_ARG(value_offset),
                                      MCA_ARG(lengths), MCA_ARG(projections));
-    size_t zero_global[2] = {s->hidden, s->rows};
+    size_t global[2] = {s->hidden, s->rows};
     if (status == MCA_SUCCESS)
-        status = mca_launch(context, zero_kernel, 2, zero_global, NULL);
+        status = mca_launch(context, kernel, 2, global, NULL);
     return status;
 }
 
@@ -348,53 +419,57 @@ static int multiply_values(mca_attention_t *layer, const forward_shape_t *s,
                             1.0f, a, a_offsets, v, b_offsets, 0.0f, c, c_offsets, count);
 }
 
-/* Sample counts, token norms and per-row error bounds on the device; the counts and bounds
- * are read back for planning and statistics. */
-static int compute_counts(mca_attention_t *layer, const mca_forward_options_t *options,
-                          const forward_shape_t *s, cl_mem hidden, cl_mem lengths,
-                          cl_mem probabilities)
+/* Sample count of every (sequence, head, key) triple from the column maxima of A. */
+static int compute_sample_counts(mca_attention_t *layer, const mca_forward_options_t *options,
+                                 const forward_shape_t *s, cl_mem lengths, cl_mem probabilities)
 {
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
     size_t triples = s->batch * s->heads * s->tokens;
     int status = reserve(layer, &ws->counts, triples * sizeof(cl_uint), "sample counts");
+    cl_kernel kernel = NULL;
     if (status == MCA_SUCCESS)
-        status = reserve(layer, &ws->norms, s->rows * sizeof(float), "token norms");
-    if (status == MCA_SUCCESS)
-        status = reserve(layer, &ws->bounds, triples * sizeof(float), "error bounds");
-    if (status != MCA_SUCCESS)
-        return status;
-
-    cl_kernel counts = NULL;
-    status = mca_context_kernel(context, "sample_counts", &counts);
+        status = mca_context_kernel(context, "sample_counts", &kernel);
     cl_uint batch = (cl_uint)s->batch, heads = (cl_uint)s->heads, tokens = (cl_uint)s->tokens;
     cl_uint hidden_size = (cl_uint)s->hidden;
     cl_uint budget = (cl_uint)options->budget_length;
     cl_uint min_samples = (cl_uint)options->min_samples;
     float alpha = options->alpha;
     if (status == MCA_SUCCESS)
-        status = mca_set_kernel_args(context, counts, 10, MCA_ARG(batch), MCA_ARG(heads),
+        status = mca_set_kernel_args(context, kernel, 10, MCA_ARG(batch), MCA_ARG(heads),
                                      MCA_ARG(tokens), MCA_ARG(hidden_size), MCA_ARG(budget),
                                      MCA_ARG(min_samples), MCA_ARG(alpha), MCA_ARG(lengths),
                                      MCA_ARG(probabilities), MCA_ARG(ws->counts.buffer));
     if (status == MCA_SUCCESS)
-        status = enqueue_rows(layer, counts, s);
-    if (status != MCA_SUCCESS)
-        return status;
+        status = enqueue_rows(layer, kernel, s);
+    return status;
+}
+
+/* Token norms and the per-row error bound of every valid query row. */
+static int compute_error_bounds(mca_attention_t *layer, const forward_shape_t *s, cl_mem hidden,
+                                cl_mem lengths, cl_mem probabilities)
+{
+    mca_context_t *context = layer->context;
+    mca_attention_workspace_t *ws = &layer->workspace;
+    size_t triples = s->batch * s->heads * s->tokens;
+    int status = reserve(layer, &ws->norms, s->rows * sizeof(float), "token norms");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->bounds, triples * sizeof(float), "error bounds");
 
     cl_kernel norms = NULL;
-    status = mca_context_kernel(context, "token_norms", &norms);
-    cl_uint rows = (cl_uint)s->rows;
+    if (status == MCA_SUCCESS)
+        status = mca_context_kernel(context, "token_norms", &norms);
+    cl_uint rows = (cl_uint)s->rows, hidden_size = (cl_uint)s->hidden;
     if (status == MCA_SUCCESS)
         status = mca_set_kernel_args(context, norms, 4, MCA_ARG(rows), MCA_ARG(hidden_size),
                                      MCA_ARG(hidden), MCA_ARG(ws->norms.buffer));
     if (status == MCA_SUCCESS)
         status = mca_launch(context, norms, 1, &s->rows, NULL);
-    if (status != MCA_SUCCESS)
-        return status;
 
     cl_kernel bounds = NULL;
-    status = mca_context_kernel(context, "error_bounds", &bounds);
+    if (status == MCA_SUCCESS)
+        status = mca_context_kernel(context, "error_bounds", &bounds);
+    cl_uint batch = (cl_uint)s->batch, heads = (cl_uint)s->heads, tokens = (cl_uint)s->tokens;
     if (status == MCA_SUCCESS)
         status = mca_set_kernel_args(context, bounds, 10, MCA_ARG(batch), MCA_ARG(heads),
                                      MCA_ARG(tokens), MCA_ARG(hidden_size), MCA_ARG(lengths),
@@ -404,21 +479,26 @@ static int compute_counts(mca_attention_t *layer, const mca_forward_options_t *o
                                      MCA_ARG(ws->bounds.buffer));
     if (status == MCA_SUCCESS)
         status = enqueue_rows(layer, bounds, s);
-    if (status != MCA_SUCCESS)
-        return status;
+    return status;
+}
 
+/* Host copies of the counts and bounds, for planning and statistics. */
+static int read_counts(mca_attention_t *layer, const forward_shape_t *s)
+{
     mca_attention_host_t *host = &layer->host;
-    status = reserve_host((void **)&host->counts, &host->counts_capacity, triples,
-                          sizeof(cl_uint));
+    mca_attention_workspace_t *ws = &layer->workspace;
+    size_t triples = s->batch * s->heads * s->tokens;
+    int status = reserve_host((void **)&host->counts, &host->counts_capacity, triples,
+                              sizeof(cl_uint));
     if (status == MCA_SUCCESS)
         status = reserve_host((void **)&host->bounds, &host->bounds_capacity, triples,
                               sizeof(float));
     if (status == MCA_SUCCESS)
-        status = mca_buffer_read(context, ws->counts.buffer, 0, triples * sizeof(cl_uint),
-                                 host->counts);
+        status = mca_buffer_read(layer->context, ws->counts.buffer, 0,
+                                 triples * sizeof(cl_uint), host->counts);
     if (status == MCA_SUCCESS)
-        status = mca_buffer_read(context, ws->bounds.buffer, 0, triples * sizeof(float),
-                                 host->bounds);
+        status = mca_buffer_read(layer->context, ws->bounds.buffer, 0,
+                                 triples * sizeof(float), host->bounds);
     return status;
 }
 
@@ -554,11 +634,34 @@ static int compute_sampled_values(mca_attention_t *layer, const mca_forward_opti
         .weights = ws->weights.buffer,
         .distinct = ws->distinct.buffer,
     };
-    status = mca_sampling_draw(context, &layer->tables, &request);
+    if (layer->value_strategy == MCA_VALUES_PUBLISHED) {
+        /* No merging: every sample is a column read, which the statistics count. */
+        for (size_t q = 0; q < pair_count; q++)
+            layer->host.distinct[q] = layer->host.pairs[4 * q + 2];
+        status = mark_stage(layer, MCA_STAGE_ACCUMULATION, 0);
+        if (status == MCA_SUCCESS)
+            status = mca_sampling_published(context, &layer->tables, &request,
+                                            layer->projection_weight,
+                                            2 * s->hidden * s->hidden, layer->value_bias,
+                                            s->proj_ld, 2 * s->hidden, projections);
+        if (status == MCA_SUCCESS)
+            status = mark_stage(layer, MCA_STAGE_ACCUMULATION, 1);
+        return status;
+    }
+
+    status = mark_stage(layer, MCA_STAGE_SAMPLING, 0);
+    if (status == MCA_SUCCESS)
+        status = mca_sampling_draw(context, &layer->tables, &request);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_SAMPLING, 1);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_ACCUMULATION, 0);
     if (status == MCA_SUCCESS)
         status = mca_sampling_accumulate(context, &layer->tables, &request,
                                          layer->value_weight_transposed, layer->value_bias,
                                          s->proj_ld, 2 * s->hidden, projections);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_ACCUMULATION, 1);
     if (status == MCA_SUCCESS)
         status = mca_buffer_read(context, ws->distinct.buffer, 0, pair_count * sizeof(cl_uint),
                                  layer->host.distinct);
@@ -641,6 +744,51 @@ static void add_stats(const mca_attention_t *layer, const mca_forward_options_t 
     mca_forward_stats_add(stats, &call);
 }
 
+/* Value rows in MCA mode: counts read back, pairs planned, then exact and sampled rows. */
+static int compute_mca_values(mca_attention_t *layer, const mca_forward_options_t *options,
+                              const forward_shape_t *s, const int *valid_lengths, cl_mem hidden,
+                              size_t *pair_count)
+{
+    mca_context_t *context = layer->context;
+    mca_attention_workspace_t *ws = &layer->workspace;
+    size_t sample_total = 0, exact_count = 0;
+
+    int status = mark_stage(layer, MCA_STAGE_STATISTICS, 0);
+    if (status == MCA_SUCCESS)
+        status = compute_error_bounds(layer, s, hidden, ws->lengths.buffer,
+                                      ws->probabilities.buffer);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_STATISTICS, 1);
+
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_PLANNING, 0);
+    if (status == MCA_SUCCESS)
+        status = read_counts(layer, s);
+    if (status == MCA_SUCCESS)
+        status = plan_values(layer, s, valid_lengths, pair_count, &sample_total, &exact_count);
+    if (status == MCA_SUCCESS && sample_total >= MAX_ELEMENTS)
+        status = mca_context_error(context, MCA_ERROR_INPUT_TOO_LONG,
+                                   "%zu samples exceed 32-bit kernel indexing; split the batch "
+                                   "or raise alpha",
+                                   sample_total);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_PLANNING, 1);
+
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_EXACT_VALUES, 0);
+    if (status == MCA_SUCCESS)
+        status = zero_padded_values(layer, s, ws->projections.buffer, ws->lengths.buffer);
+    if (status == MCA_SUCCESS)
+        status = compute_exact_values(layer, s, exact_count, hidden, ws->projections.buffer);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_EXACT_VALUES, 1);
+
+    if (status == MCA_SUCCESS)
+        status = compute_sampled_values(layer, options, s, *pair_count, sample_total, hidden,
+                                        ws->projections.buffer);
+    return status;
+}
+
 static int forward_on_device(mca_attention_t *layer, const mca_forward_options_t *options,
                              const forward_shape_t *s, const int *valid_lengths, cl_mem hidden,
                              cl_mem output, mca_forward_stats_t *stats)
@@ -648,6 +796,7 @@ static int forward_on_device(mca_attention_t *layer, const mca_forward_options_t
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
     bool exact = options->mode == MCA_MODE_EXACT;
+    release_stage_events(layer); /* left by a profiled call that failed */
 
     int status = reserve(layer, &ws->lengths, s->batch * sizeof(int), "valid lengths");
     if (status == MCA_SUCCESS)
@@ -660,35 +809,50 @@ static int forward_on_device(mca_attention_t *layer, const mca_forward_options_t
     if (status == MCA_SUCCESS)
         status = mca_buffer_write(context, ws->lengths.buffer, 0, s->batch * sizeof(int),
                                   valid_lengths);
+
     if (status == MCA_SUCCESS)
-        status = project(layer, s, exact, hidden, ws->projections.buffer, ws->lengths.buffer);
+        status = mark_stage(layer, MCA_STAGE_QK_PROJECTION, 0);
+    if (status == MCA_SUCCESS)
+        status = project_columns(layer, s, 0, 2 * s->hidden, hidden, ws->projections.buffer);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_QK_PROJECTION, 1);
+
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_SCORES, 0);
     if (status == MCA_SUCCESS)
         status = compute_probabilities(layer, s, ws->projections.buffer, ws->lengths.buffer,
                                        ws->probabilities.buffer);
+    if (status == MCA_SUCCESS && !exact)
+        status = compute_sample_counts(layer, options, s, ws->lengths.buffer,
+                                       ws->probabilities.buffer);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_SCORES, 1);
 
-    size_t pair_count = 0, sample_total = 0, exact_count = 0;
-    if (status == MCA_SUCCESS && !exact) {
-        status = compute_counts(layer, options, s, hidden, ws->lengths.buffer,
-                                ws->probabilities.buffer);
+    size_t pair_count = 0;
+    if (status == MCA_SUCCESS && exact) {
+        status = mark_stage(layer, MCA_STAGE_EXACT_VALUES, 0);
         if (status == MCA_SUCCESS)
-            status = plan_values(layer, s, valid_lengths, &pair_count, &sample_total,
-                                 &exact_count);
-        if (status == MCA_SUCCESS && sample_total >= MAX_ELEMENTS)
-            status = mca_context_error(context, MCA_ERROR_INPUT_TOO_LONG,
-                                       "%zu samples exceed 32-bit kernel indexing; split the "
-                                       "batch or raise alpha",
-                                       sample_total);
+            status = project_columns(layer, s, 2 * s->hidden, s->hidden, hidden,
+                                     ws->projections.buffer);
         if (status == MCA_SUCCESS)
-            status = compute_exact_values(layer, s, exact_count, hidden, ws->projections.buffer);
+            status = zero_padded_values(layer, s, ws->projections.buffer, ws->lengths.buffer);
         if (status == MCA_SUCCESS)
-            status = compute_sampled_values(layer, options, s, pair_count, sample_total, hidden,
-                                            ws->projections.buffer);
+            status = mark_stage(layer, MCA_STAGE_EXACT_VALUES, 1);
+    } else if (status == MCA_SUCCESS) {
+        status = compute_mca_values(layer, options, s, valid_lengths, hidden, &pair_count);
     }
+
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_ATTEND, 0);
     if (status == MCA_SUCCESS)
         status = multiply_values(layer, s, ws->probabilities.buffer, ws->projections.buffer,
                                  output);
     if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_ATTEND, 1);
+    if (status == MCA_SUCCESS)
         status = mca_check_cl(context, clFinish(context->queue), "clFinish");
+    if (status == MCA_SUCCESS && layer->profile != NULL)
+        status = collect_stage_times(layer);
     if (status == MCA_SUCCESS && stats != NULL)
         add_stats(layer, options, s, valid_lengths, pair_count, stats);
     return status;

@@ -41,6 +41,36 @@ typedef struct mca_attention_host {
     size_t rows_capacity, offsets_capacity;
 } mca_attention_host_t;
 
+/* Stages of a forward pass, timed with OpenCL markers when a layer's `profile` is set.
+ * Planning is the host round trip of MCA mode (reading the counts back and listing the
+ * pairs); the published strategy's fused kernel is timed as accumulation. */
+typedef enum mca_stage {
+    MCA_STAGE_QK_PROJECTION,
+    MCA_STAGE_SCORES,       /* scores, softmax, column maxima and sample counts */
+    MCA_STAGE_STATISTICS,   /* token norms and error bounds */
+    MCA_STAGE_PLANNING,
+    MCA_STAGE_EXACT_VALUES, /* the V GEMM in exact mode; gather, GEMM, scatter in MCA mode */
+    MCA_STAGE_SAMPLING,
+    MCA_STAGE_ACCUMULATION,
+    MCA_STAGE_ATTEND,       /* A * V */
+    MCA_STAGE_COUNT
+} mca_stage_t;
+
+extern const char *const mca_stage_names[MCA_STAGE_COUNT];
+
+/* Seconds per stage of the last profiled forward pass, and from its first stage's start
+ * to its last stage's end. */
+typedef struct mca_stage_times {
+    double seconds[MCA_STAGE_COUNT];
+    double total;
+} mca_stage_times_t;
+
+/* How MCA mode computes sampled value rows. */
+typedef enum mca_value_strategy {
+    MCA_VALUES_MERGED,   /* sample_columns + accumulate_samples */
+    MCA_VALUES_PUBLISHED /* published_sample_accumulate */
+} mca_value_strategy_t;
+
 struct mca_attention {
     mca_context_t *context;
     int hidden_size;
@@ -53,6 +83,11 @@ struct mca_attention {
     mca_sampling_tables_t tables;
     mca_attention_workspace_t workspace;
     mca_attention_host_t host;
+
+    /* Set by benchmarks and tests; NULL and MCA_VALUES_MERGED otherwise. */
+    mca_stage_times_t *profile;
+    mca_value_strategy_t value_strategy;
+    cl_event stage_events[MCA_STAGE_COUNT][2]; /* begin and end markers while profiling */
 };
 
 #endif /* MCA_ATTENTION_H */

@@ -96,8 +96,10 @@ int mca_linear(mca_context_t *context, cl_mem x, size_t rows, size_t in, cl_mem 
     cl_uint row_count = (cl_uint)rows;
     cl_uint columns = (cl_uint)out;
     cl_uint ld = (cl_uint)out;
-    status = mca_set_kernel_args(context, kernel, 5, MCA_ARG(row_count), MCA_ARG(columns),
-                                 MCA_ARG(ld), MCA_ARG(bias), MCA_ARG(y));
+    cl_uint no_offset = 0;
+    status = mca_set_kernel_args(context, kernel, 7, MCA_ARG(row_count), MCA_ARG(columns),
+                                 MCA_ARG(ld), MCA_ARG(no_offset), MCA_ARG(no_offset),
+                                 MCA_ARG(bias), MCA_ARG(y));
     if (status != MCA_SUCCESS)
         return status;
     size_t global[2] = {out, rows};

@@ -113,3 +113,35 @@ int mca_sampling_accumulate(mca_context_t *context, const mca_sampling_tables_t 
     size_t global[2] = {head_width, request->pair_count};
     return mca_launch(context, kernel, 2, global, NULL);
 }
+
+int mca_sampling_published(mca_context_t *context, const mca_sampling_tables_t *tables,
+                           const mca_draw_request_t *request, cl_mem weight,
+                           size_t weight_offset, cl_mem bias, size_t ld, size_t value_offset,
+                           cl_mem values)
+{
+    if (request->pair_count == 0)
+        return MCA_SUCCESS;
+    cl_kernel kernel = NULL;
+    int status = mca_context_kernel(context, "published_sample_accumulate", &kernel);
+    if (status != MCA_SUCCESS)
+        return status;
+
+    cl_uint hidden_size = (cl_uint)tables->hidden_size;
+    cl_uint head_width = (cl_uint)(tables->hidden_size / tables->heads);
+    cl_uint seed_low = (cl_uint)(request->seed & 0xffffffffu);
+    cl_uint seed_high = (cl_uint)(request->seed >> 32);
+    cl_uint row_stride = (cl_uint)ld;
+    cl_uint offset = (cl_uint)value_offset;
+    cl_uint first_weight = (cl_uint)weight_offset;
+    status = mca_set_kernel_args(
+        context, kernel, 19, MCA_ARG(request->pair_count), MCA_ARG(request->tokens),
+        MCA_ARG(hidden_size), MCA_ARG(head_width), MCA_ARG(seed_low), MCA_ARG(seed_high),
+        MCA_ARG(request->layer), MCA_ARG(request->first_sequence), MCA_ARG(row_stride),
+        MCA_ARG(offset), MCA_ARG(first_weight), MCA_ARG(request->pairs),
+        MCA_ARG(request->hidden), MCA_ARG(tables->cdf), MCA_ARG(tables->probabilities),
+        MCA_ARG(tables->head_norms), MCA_ARG(weight), MCA_ARG(bias), MCA_ARG(values));
+    if (status != MCA_SUCCESS)
+        return status;
+    size_t global = request->pair_count;
+    return mca_launch(context, kernel, 1, &global, NULL);
+}

@@ -55,4 +55,13 @@ int mca_sampling_accumulate(mca_context_t *context, const mca_sampling_tables_t 
                             const mca_draw_request_t *request, cl_mem weight_transposed,
                             cl_mem bias, size_t ld, size_t value_offset, cl_mem values);
 
+/* Draws and accumulates the value rows of every pair in one kernel with the published
+ * code's strategy (linear CDF scans, no merging, strided columns of the (out, in) weight
+ * that starts at element weight_offset). Same estimator and random stream as
+ * mca_sampling_draw followed by mca_sampling_accumulate; for benchmarks and tests. */
+int mca_sampling_published(mca_context_t *context, const mca_sampling_tables_t *tables,
+                           const mca_draw_request_t *request, cl_mem weight,
+                           size_t weight_offset, cl_mem bias, size_t ld, size_t value_offset,
+                           cl_mem values);
+
 #endif /* MCA_SAMPLING_H */

@@ -475,6 +475,50 @@ static void forward_ignores_work_group_size(void **state)
     estimator_case_free(&e);
 }
 
+/* The published strategy draws the same uniforms without merging, so both strategies give
+ * the same value rows up to the order of float additions. */
+static void merged_equals_published_strategy(void **state)
+{
+    (void)state;
+    estimator_case_t e;
+    estimator_case_create(&e);
+    const int length = EST_T;
+    const size_t count = (size_t)EST_T * EST_D;
+    float *published = malloc(count * sizeof *published);
+    mca_forward_options_t options;
+    mca_forward_options_init(&options);
+    options.mode = MCA_MODE_MCA;
+    options.alpha = 0.7f;
+    options.seed = 5;
+    options.layer_index = 3;
+    options.first_sequence = 11;
+
+    mca_forward_stats_t merged_stats, published_stats;
+    mca_forward_stats_reset(&merged_stats);
+    mca_forward_stats_reset(&published_stats);
+    assert_int_equal(mca_attention_forward(e.layer, &options, 1, EST_T, &length, e.hidden,
+                                           e.output, &merged_stats),
+                     MCA_SUCCESS);
+    e.layer->value_strategy = MCA_VALUES_PUBLISHED;
+    assert_int_equal(mca_attention_forward(e.layer, &options, 1, EST_T, &length, e.hidden,
+                                           published, &published_stats),
+                     MCA_SUCCESS);
+    e.layer->value_strategy = MCA_VALUES_MERGED;
+
+    double worst = 0.0, scale = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        worst = fmax(worst, fabs((double)published[i] - e.output[i]));
+        scale = fmax(scale, fabs((double)e.output[i]));
+    }
+    /* Up to 31 samples summed in another order: a few float ulp of the largest value. */
+    assert_true(worst <= 1e-5 * scale);
+    assert_true(memcmp(published, e.exact, count * sizeof *published) != 0);
+    assert_int_equal(merged_stats.samples_drawn, published_stats.samples_drawn);
+    assert_true(merged_stats.distinct_columns <= published_stats.distinct_columns);
+    free(published);
+    estimator_case_free(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -484,6 +528,7 @@ int main(void)
         cmocka_unit_test(draws_ignore_work_group_size),
         cmocka_unit_test(estimator_is_unbiased_within_bound),
         cmocka_unit_test(forward_ignores_work_group_size),
+        cmocka_unit_test(merged_equals_published_strategy),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
