@@ -107,6 +107,9 @@ typedef struct mca_context_options {
     mca_log_fn log;           /* may be NULL */
     void *log_user_data;      /* borrowed, passed to `log` */
     mca_log_level_t log_level;
+    /* File of tuned CLBlast parameters. NULL reads MCA_CLBLAST_TUNING, then the per-device
+     * default written by tools/tune. An empty string applies none. */
+    const char *tuning_file;
 } mca_context_options_t;
 
 typedef struct mca_context mca_context_t;
@@ -245,7 +248,8 @@ void mca_attention_destroy(mca_attention_t *attention);
  *          their content never changes a valid output and may be anything, NaN included.
  * context: (batch, tokens, D) float32, host, written on success. Padded rows are zero.
  * valid_lengths: (batch) ints in 0 .. tokens. A zero-length sequence gives zero rows.
- * stats:   may be NULL; otherwise counts are added (see mca_forward_stats_t).
+ * stats:   may be NULL, which also skips computing the error bounds (O(H n^2) work per
+ *          sequence); otherwise counts are added (see mca_forward_stats_t).
  *
  * In MCA mode the expected error of output row i of head h is at most
  *   sum_j A_h[i,j] * ||x_j|| * ||W_h||_F / sqrt(r[h,j])

@@ -482,8 +482,8 @@ static int compute_error_bounds(mca_attention_t *layer, const forward_shape_t *s
     return status;
 }
 
-/* Host copies of the counts and bounds, for planning and statistics. */
-static int read_counts(mca_attention_t *layer, const forward_shape_t *s)
+/* Host copies of the counts, for planning, and of the bounds when they were computed. */
+static int read_counts(mca_attention_t *layer, const forward_shape_t *s, bool with_bounds)
 {
     mca_attention_host_t *host = &layer->host;
     mca_attention_workspace_t *ws = &layer->workspace;
@@ -496,7 +496,7 @@ static int read_counts(mca_attention_t *layer, const forward_shape_t *s)
     if (status == MCA_SUCCESS)
         status = mca_buffer_read(layer->context, ws->counts.buffer, 0,
                                  triples * sizeof(cl_uint), host->counts);
-    if (status == MCA_SUCCESS)
+    if (status == MCA_SUCCESS && with_bounds)
         status = mca_buffer_read(layer->context, ws->bounds.buffer, 0,
                                  triples * sizeof(float), host->bounds);
     return status;
@@ -744,26 +744,31 @@ static void add_stats(const mca_attention_t *layer, const mca_forward_options_t 
     mca_forward_stats_add(stats, &call);
 }
 
-/* Value rows in MCA mode: counts read back, pairs planned, then exact and sampled rows. */
+/* Value rows in MCA mode: counts read back, pairs planned, then exact and sampled rows.
+ * The error bounds cost as much as the softmax, so they are computed only when the caller
+ * asked for statistics. */
 static int compute_mca_values(mca_attention_t *layer, const mca_forward_options_t *options,
                               const forward_shape_t *s, const int *valid_lengths, cl_mem hidden,
-                              size_t *pair_count)
+                              bool with_statistics, size_t *pair_count)
 {
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
     size_t sample_total = 0, exact_count = 0;
+    int status = MCA_SUCCESS;
 
-    int status = mark_stage(layer, MCA_STAGE_STATISTICS, 0);
-    if (status == MCA_SUCCESS)
-        status = compute_error_bounds(layer, s, hidden, ws->lengths.buffer,
-                                      ws->probabilities.buffer);
-    if (status == MCA_SUCCESS)
-        status = mark_stage(layer, MCA_STAGE_STATISTICS, 1);
+    if (with_statistics) {
+        status = mark_stage(layer, MCA_STAGE_STATISTICS, 0);
+        if (status == MCA_SUCCESS)
+            status = compute_error_bounds(layer, s, hidden, ws->lengths.buffer,
+                                          ws->probabilities.buffer);
+        if (status == MCA_SUCCESS)
+            status = mark_stage(layer, MCA_STAGE_STATISTICS, 1);
+    }
 
     if (status == MCA_SUCCESS)
         status = mark_stage(layer, MCA_STAGE_PLANNING, 0);
     if (status == MCA_SUCCESS)
-        status = read_counts(layer, s);
+        status = read_counts(layer, s, with_statistics);
     if (status == MCA_SUCCESS)
         status = plan_values(layer, s, valid_lengths, pair_count, &sample_total, &exact_count);
     if (status == MCA_SUCCESS && sample_total >= MAX_ELEMENTS)
@@ -839,7 +844,8 @@ static int forward_on_device(mca_attention_t *layer, const mca_forward_options_t
         if (status == MCA_SUCCESS)
             status = mark_stage(layer, MCA_STAGE_EXACT_VALUES, 1);
     } else if (status == MCA_SUCCESS) {
-        status = compute_mca_values(layer, options, s, valid_lengths, hidden, &pair_count);
+        status = compute_mca_values(layer, options, s, valid_lengths, hidden, stats != NULL,
+                                    &pair_count);
     }
 
     if (status == MCA_SUCCESS)
