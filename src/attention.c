@@ -82,7 +82,7 @@ void mca_forward_options_init(mca_forward_options_t *options)
         return;
     memset(options, 0, sizeof *options);
     options->mode = MCA_MODE_EXACT;
-    options->alpha = 0.2f;
+    options->alpha = 0.02f;
     options->min_samples = 1;
 }
 
