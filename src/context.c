@@ -1,5 +1,6 @@
 /* Context: OpenCL platform, device, queue and program, device limits and logging. */
 #include "context.h"
+#include "tuning.h"
 
 #include <CL/cl_ext.h>
 
@@ -216,14 +217,17 @@ static int context_allocate(const mca_context_options_t *options, mca_context_t 
     return MCA_SUCCESS;
 }
 
-/* Steps shared by both constructors once the device, OpenCL context and queue exist. */
-static int context_finish(mca_context_t *context)
+/* Steps shared by both constructors once the device, OpenCL context and queue exist.
+ * `options` may be NULL. */
+static int context_finish(mca_context_t *context, const mca_context_options_t *options)
 {
     int status = query_device(context);
     if (status == MCA_SUCCESS)
         status = build_program(context);
     if (status == MCA_SUCCESS)
         mca_log(context, MCA_LOG_INFO, "using OpenCL device '%s'", context->device_name);
+    if (status == MCA_SUCCESS)
+        status = mca_tuning_apply(context, options != NULL ? options->tuning_file : NULL);
     return status;
 }
 
@@ -260,7 +264,7 @@ mca_status_t mca_context_create(const mca_context_options_t *options, mca_contex
                                           CL_QUEUE_PROFILING_ENABLE, &code);
     if ((status = mca_check_cl(created, code, "clCreateCommandQueue")) != CL_SUCCESS)
         goto fail;
-    if ((status = context_finish(created)) != MCA_SUCCESS)
+    if ((status = context_finish(created, options)) != MCA_SUCCESS)
         goto fail;
     *context = created;
     return MCA_SUCCESS;
@@ -312,7 +316,7 @@ mca_status_t mca_context_create_from_queue(cl_command_queue queue,
     clRetainContext(created->cl_context);
     clRetainCommandQueue(queue);
     created->queue = queue;
-    if ((status = context_finish(created)) != MCA_SUCCESS)
+    if ((status = context_finish(created, options)) != MCA_SUCCESS)
         goto fail;
     *context = created;
     return MCA_SUCCESS;

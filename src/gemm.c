@@ -16,10 +16,15 @@ static void clblast_lock_init(void)
     mtx_init(&clblast_lock, mtx_plain);
 }
 
-static void lock_clblast(void)
+void mca_clblast_lock(void)
 {
     call_once(&clblast_lock_once, clblast_lock_init);
     mtx_lock(&clblast_lock);
+}
+
+void mca_clblast_unlock(void)
+{
+    mtx_unlock(&clblast_lock);
 }
 
 static CLBlastTranspose transpose_flag(bool transpose)
@@ -43,12 +48,12 @@ int mca_gemm(const mca_context_t *context, bool transpose_a, bool transpose_b, s
     if (m == 0 || n == 0)
         return MCA_SUCCESS;
     cl_command_queue queue = context->queue;
-    lock_clblast();
+    mca_clblast_lock();
     CLBlastStatusCode code = CLBlastSgemm(
         CLBlastLayoutRowMajor, transpose_flag(transpose_a), transpose_flag(transpose_b), m, n, k,
         alpha, a.buffer, a.offset, a.ld, b.buffer, b.offset, b.ld, beta, c.buffer, c.offset, c.ld,
         &queue, NULL);
-    mtx_unlock(&clblast_lock);
+    mca_clblast_unlock();
     return check_clblast(context, code, "CLBlastSgemm", m, n, k);
 }
 
@@ -69,12 +74,12 @@ int mca_gemm_batched(const mca_context_t *context, bool transpose_a, bool transp
         betas[i] = beta;
     }
     cl_command_queue queue = context->queue;
-    lock_clblast();
+    mca_clblast_lock();
     CLBlastStatusCode code = CLBlastSgemmBatched(
         CLBlastLayoutRowMajor, transpose_flag(transpose_a), transpose_flag(transpose_b), m, n, k,
         alphas, a.buffer, a_offsets, a.ld, b.buffer, b_offsets, b.ld, betas, c.buffer, c_offsets,
         c.ld, count, &queue, NULL);
-    mtx_unlock(&clblast_lock);
+    mca_clblast_unlock();
     free(alphas);
     return check_clblast(context, code, "CLBlastSgemmBatched", m, n, k);
 }

@@ -7,6 +7,10 @@
 
 #include "context.h"
 
+/* Takes and releases the process-wide CLBlast lock, for CLBlast calls outside gemm.c. */
+void mca_clblast_lock(void);
+void mca_clblast_unlock(void);
+
 /* One row-major operand: a buffer, the element offset of its first entry and its leading
  * dimension (elements between consecutive rows). */
 typedef struct mca_matrix {
