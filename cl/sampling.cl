@@ -10,7 +10,8 @@
  *                         (column, weight) entries with weight = count x_j[k] / (r p_h[k]).
  *   accumulate_samples    V_h[j,c] = sum over entries of weight * W_h[c,k] + b_h[c].
  *   gather_rows           copies the listed hidden-state rows into a dense block.
- *   scatter_exact_values  writes exactly computed value rows for the heads where r = D.
+ *   scatter_exact_values  writes the exactly computed value rows of (token, head) pairs with
+ *                         r = D.
  *   philox_known_answer   raw Philox4x32-10 output, for the known-answer test.
  *
  * Randomness: sample t of token j, head h, sequence s and layer l reads word t % 4 of
@@ -74,6 +75,13 @@ __kernel void build_cdf(const uint hidden_size, const uint heads, __global const
     compensation = 0.0f;
     for (uint k = 0; k < hidden_size; k++) {
         p[k] = total > 0.0f ? s[k] / total : 0.0f;
+        /* A zero column repeats the previous entry exactly: letting the compensation term
+         * move the running sum could make the CDF step at a column that must never be
+         * drawn. */
+        if (s[k] == 0.0f && k < last_nonzero) {
+            c[k] = k > 0 ? c[k - 1] : 0.0f;
+            continue;
+        }
         const float y = s[k] - compensation;
         const float t = running + y;
         compensation = (t - running) - y;
@@ -82,7 +90,7 @@ __kernel void build_cdf(const uint hidden_size, const uint heads, __global const
     }
 }
 
-/* Smallest k with cdf[k] > u; `steps` is ceil(log2(n)) for every u. */
+/* Smallest k with cdf[k] > u, in at most ceil(log2(n)) steps. */
 static uint search_cdf(__global const float *cdf, const uint n, const float u)
 {
     uint low = 0;
@@ -226,24 +234,20 @@ __kernel void gather_rows(const uint row_count, const uint width, __global const
     destination[(size_t)q * width + c] = source[(size_t)rows[q] * width + c];
 }
 
-/* rows[q] = b * tokens + j; exact holds (row_count, D) products without bias. */
-__kernel void scatter_exact_values(const uint row_count, const uint hidden_size,
-                                   const uint heads, const uint tokens, const uint ld,
+/* Exact pair q: row rows[q] = b * tokens + j and head heads[q]; exact holds its (d) product
+ * without the bias. */
+__kernel void scatter_exact_values(const uint pair_count, const uint head_width, const uint ld,
                                    const uint value_offset, __global const uint *rows,
-                                   __global const uint *counts, __global const float *exact,
+                                   __global const uint *heads, __global const float *exact,
                                    __global const float *bias, __global float *values)
 {
     const uint c = get_global_id(0);
     const uint q = get_global_id(1);
-    if (c >= hidden_size || q >= row_count)
+    if (c >= head_width || q >= pair_count)
         return;
-    const uint row = rows[q];
-    const uint h = c / (hidden_size / heads);
-    const uint b = row / tokens;
-    const uint j = row % tokens;
-    if (counts[((size_t)b * heads + h) * tokens + j] < hidden_size)
-        return;
-    values[value_offset + (size_t)row * ld + c] = exact[(size_t)q * hidden_size + c] + bias[c];
+    const uint output = heads[q] * head_width + c;
+    values[value_offset + (size_t)rows[q] * ld + output] =
+        exact[(size_t)q * head_width + c] + bias[output];
 }
 
 __kernel void philox_known_answer(const uint count, __global const uint *counters,

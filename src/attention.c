@@ -233,6 +233,7 @@ void mca_attention_destroy(mca_attention_t *attention)
     free(attention->host.pairs);
     free(attention->host.distinct);
     free(attention->host.exact_rows);
+    free(attention->host.exact_starts);
     free(attention->host.gemm_offsets);
     release_stage_events(attention);
     free(attention);
@@ -502,7 +503,9 @@ static int read_counts(mca_attention_t *layer, const forward_shape_t *s, bool wi
     return status;
 }
 
-/* Lists the (token, head) pairs to sample and the tokens with an exact head. */
+/* Lists the (token, head) pairs to sample, and the exact (token, head) pairs grouped by
+ * head: host->exact_rows[q] is the row and host->exact_heads[q] the head of exact pair q,
+ * and head h owns entries exact_starts[h] .. exact_starts[h + 1] - 1. */
 static int plan_values(mca_attention_t *layer, const forward_shape_t *s, const int *lengths,
                        size_t *pair_count, size_t *sample_total, size_t *exact_count)
 {
@@ -514,21 +517,22 @@ static int plan_values(mca_attention_t *layer, const forward_shape_t *s, const i
         status = reserve_host((void **)&host->distinct, &host->distinct_capacity, triples,
                               sizeof(cl_uint));
     if (status == MCA_SUCCESS)
-        status = reserve_host((void **)&host->exact_rows, &host->rows_capacity, s->rows,
+        status = reserve_host((void **)&host->exact_rows, &host->rows_capacity, 2 * triples,
                               sizeof(cl_uint));
+    if (status == MCA_SUCCESS)
+        status = reserve_host((void **)&host->exact_starts, &host->starts_capacity,
+                              s->heads + 1, sizeof(size_t));
     if (status != MCA_SUCCESS)
         return status;
+    host->exact_heads = host->exact_rows + triples;
 
-    size_t pairs = 0, samples = 0, exact = 0;
+    size_t pairs = 0, samples = 0;
     for (size_t b = 0; b < s->batch; b++) {
         for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-            bool has_exact_head = false;
             for (size_t h = 0; h < s->heads; h++) {
                 cl_uint r = host->counts[(b * s->heads + h) * s->tokens + j];
-                if (r >= s->hidden) {
-                    has_exact_head = true;
+                if (r >= s->hidden)
                     continue;
-                }
                 cl_uint *pair = host->pairs + 4 * pairs++;
                 pair[0] = (cl_uint)(b * s->tokens + j);
                 pair[1] = (cl_uint)h;
@@ -536,17 +540,32 @@ static int plan_values(mca_attention_t *layer, const forward_shape_t *s, const i
                 pair[3] = (cl_uint)samples;
                 samples += r;
             }
-            if (has_exact_head)
-                host->exact_rows[exact++] = (cl_uint)(b * s->tokens + j);
         }
     }
+
+    size_t exact = 0;
+    for (size_t h = 0; h < s->heads; h++) {
+        host->exact_starts[h] = exact;
+        for (size_t b = 0; b < s->batch; b++) {
+            const cl_uint *counts = host->counts + (b * s->heads + h) * s->tokens;
+            for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+                if (counts[j] < s->hidden)
+                    continue;
+                host->exact_rows[exact] = (cl_uint)(b * s->tokens + j);
+                host->exact_heads[exact] = (cl_uint)h;
+                exact++;
+            }
+        }
+    }
+    host->exact_starts[s->heads] = exact;
     *pair_count = pairs;
     *sample_total = samples;
     *exact_count = exact;
     return MCA_SUCCESS;
 }
 
-/* Value rows of the tokens with at least one exact head: gather, one GEMM, scatter. */
+/* Value rows of the exact (token, head) pairs: gather their hidden states, one GEMM per head
+ * against that head's d rows of W_V, then scatter with the bias added. */
 static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s,
                                 size_t exact_count, cl_mem hidden, cl_mem projections)
 {
@@ -554,15 +573,22 @@ static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s
         return MCA_SUCCESS;
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
-    size_t block = exact_count * s->hidden * sizeof(float);
+    const mca_attention_host_t *host = &layer->host;
     int status = reserve(layer, &ws->exact_rows, exact_count * sizeof(cl_uint), "exact rows");
     if (status == MCA_SUCCESS)
-        status = reserve(layer, &ws->exact_hidden, block, "exact hidden rows");
+        status = reserve(layer, &ws->exact_heads, exact_count * sizeof(cl_uint), "exact heads");
     if (status == MCA_SUCCESS)
-        status = reserve(layer, &ws->exact_values, block, "exact value rows");
+        status = reserve(layer, &ws->exact_hidden, exact_count * s->hidden * sizeof(float),
+                         "exact hidden rows");
+    if (status == MCA_SUCCESS)
+        status = reserve(layer, &ws->exact_values, exact_count * s->head_width * sizeof(float),
+                         "exact value rows");
     if (status == MCA_SUCCESS)
         status = mca_buffer_write(context, ws->exact_rows.buffer, 0,
-                                  exact_count * sizeof(cl_uint), layer->host.exact_rows);
+                                  exact_count * sizeof(cl_uint), host->exact_rows);
+    if (status == MCA_SUCCESS)
+        status = mca_buffer_write(context, ws->exact_heads.buffer, 0,
+                                  exact_count * sizeof(cl_uint), host->exact_heads);
     if (status != MCA_SUCCESS)
         return status;
 
@@ -573,30 +599,38 @@ static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s
         status = mca_set_kernel_args(context, gather, 5, MCA_ARG(count), MCA_ARG(width),
                                      MCA_ARG(ws->exact_rows.buffer), MCA_ARG(hidden),
                                      MCA_ARG(ws->exact_hidden.buffer));
-    size_t global[2] = {s->hidden, exact_count};
+    size_t gather_global[2] = {s->hidden, exact_count};
     if (status == MCA_SUCCESS)
-        status = mca_launch(context, gather, 2, global, NULL);
+        status = mca_launch(context, gather, 2, gather_global, NULL);
 
-    mca_matrix_t x = {ws->exact_hidden.buffer, 0, s->hidden};
-    mca_matrix_t w = {layer->projection_weight, 2 * s->hidden * s->hidden, s->hidden};
-    mca_matrix_t v = {ws->exact_values.buffer, 0, s->hidden};
-    if (status == MCA_SUCCESS)
-        status = mca_gemm(context, false, true, exact_count, s->hidden, s->hidden, 1.0f, x, w,
+    for (size_t h = 0; h < s->heads && status == MCA_SUCCESS; h++) {
+        size_t first = host->exact_starts[h], rows = host->exact_starts[h + 1] - first;
+        if (rows == 0)
+            continue;
+        mca_matrix_t x = {ws->exact_hidden.buffer, first * s->hidden, s->hidden};
+        mca_matrix_t w = {layer->projection_weight, (2 * s->hidden + h * s->head_width) *
+                                                        s->hidden,
+                          s->hidden};
+        mca_matrix_t v = {ws->exact_values.buffer, first * s->head_width, s->head_width};
+        status = mca_gemm(context, false, true, rows, s->head_width, s->hidden, 1.0f, x, w,
                           0.0f, v);
+    }
 
     cl_kernel scatter = NULL;
     if (status == MCA_SUCCESS)
         status = mca_context_kernel(context, "scatter_exact_values", &scatter);
-    cl_uint heads = (cl_uint)s->heads, tokens = (cl_uint)s->tokens;
+    cl_uint head_width = (cl_uint)s->head_width;
     cl_uint ld = (cl_uint)s->proj_ld, value_offset = (cl_uint)(2 * s->hidden);
     if (status == MCA_SUCCESS)
-        status = mca_set_kernel_args(context, scatter, 11, MCA_ARG(count), MCA_ARG(width),
-                                     MCA_ARG(heads), MCA_ARG(tokens), MCA_ARG(ld),
-                                     MCA_ARG(value_offset), MCA_ARG(ws->exact_rows.buffer),
-                                     MCA_ARG(ws->counts.buffer), MCA_ARG(ws->exact_values.buffer),
+        status = mca_set_kernel_args(context, scatter, 9, MCA_ARG(count), MCA_ARG(head_width),
+                                     MCA_ARG(ld), MCA_ARG(value_offset),
+                                     MCA_ARG(ws->exact_rows.buffer),
+                                     MCA_ARG(ws->exact_heads.buffer),
+                                     MCA_ARG(ws->exact_values.buffer),
                                      MCA_ARG(layer->value_bias), MCA_ARG(projections));
+    size_t scatter_global[2] = {s->head_width, exact_count};
     if (status == MCA_SUCCESS)
-        status = mca_launch(context, scatter, 2, global, NULL);
+        status = mca_launch(context, scatter, 2, scatter_global, NULL);
     return status;
 }
 
@@ -726,7 +760,7 @@ static void add_stats(const mca_attention_t *layer, const mca_forward_options_t 
                     call.value_flops += 2.0 * s->head_width * d;
                 } else {
                     call.samples_drawn += r;
-                    call.uniforms_drawn += r;
+                    call.uniforms_drawn += 4 * (((uint64_t)r + 3) / 4);
                     call.search_steps += (uint64_t)r * steps;
                 }
                 double bound = host->bounds[base + j];

@@ -97,7 +97,8 @@ static int pick_device(mca_context_t *context, int platform_index, int device_in
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "cannot allocate the platform list");
     code = clGetPlatformIDs(platform_count, platforms, NULL);
-    context->platform = platforms[platform_index];
+    if (code == CL_SUCCESS)
+        context->platform = platforms[platform_index];
     free(platforms);
     if (code != CL_SUCCESS)
         return mca_check_cl(context, code, "clGetPlatformIDs");
@@ -120,7 +121,8 @@ static int pick_device(mca_context_t *context, int platform_index, int device_in
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "cannot allocate the device list");
     code = clGetDeviceIDs(context->platform, CL_DEVICE_TYPE_ALL, device_count, devices, NULL);
-    context->device = devices[device_index];
+    if (code == CL_SUCCESS)
+        context->device = devices[device_index];
     free(devices);
     return mca_check_cl(context, code, "clGetDeviceIDs");
 }

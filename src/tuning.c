@@ -486,6 +486,13 @@ int mca_tuning_apply(mca_context_t *context, const char *path)
         status = apply_entries(context, path, &file);
     if (status == MCA_SUCCESS)
         status = verify_tuned_gemm(context, path);
+    /* Rejected parameters would stay installed for the device in the whole process, so
+     * they are dropped again. */
+    if (status != MCA_SUCCESS && file.entry_count > 0) {
+        mca_clblast_lock();
+        CLBlastClearCache();
+        mca_clblast_unlock();
+    }
     tuning_file_free(&file);
     free(text);
     return status;
