@@ -4,7 +4,7 @@
  * Monte-Carlo Attention (Kim and Ko, "Fast Monte-Carlo Approximation of the Attention
  * Mechanism", AAAI 2022) computes the attention probabilities exactly and approximates only
  * the value projection V = X W_V^T + b_V. Each key token j of head h gets a sample count
- * r[h,j] that grows with the largest attention any query gives it; the token's value row is
+ * r[h,j] that grows with the largest attention any query gives it. The token's value row is
  * then estimated from r columns of W_V drawn with probability proportional to their squared
  * norms, or computed exactly when r reaches the model width D.
  *
@@ -267,7 +267,8 @@ mca_status_t mca_attention_forward(mca_attention_t *attention, const mca_forward
 
 /* As mca_attention_forward, on device buffers of the layer's context (borrowed) holding
  * (batch, tokens, D) float32 at offset 0. Work is enqueued on the context's queue and has
- * finished when the call returns. */
+ * finished when the call returns. NOTE: a failure late in the pass (a device error) can
+ * leave `context` partly written, unlike the host variant. */
 mca_status_t mca_attention_forward_buffers(mca_attention_t *attention,
                                            const mca_forward_options_t *options, int batch,
                                            int tokens, const int *valid_lengths, cl_mem hidden,
