@@ -471,17 +471,6 @@ int mca_tuning_apply(mca_context_t *context, const char *path)
      * NOTE: when CLBlast rejects an entry, the entries before it stay applied. */
     tuning_file_t file = {0};
     status = parse_file(context, path, text, &file);
-    /* CLBlast caches compiled programs per context and routine, not per parameter set, so
-     * programs built before this call would keep the old parameters. Clearing the cache
-     * also drops earlier overrides, so it must come first. */
-    if (status == MCA_SUCCESS) {
-        mca_clblast_lock();
-        CLBlastStatusCode code = CLBlastClearCache();
-        mca_clblast_unlock();
-        if (code != CLBlastSuccess)
-            status = mca_context_error(context, code, "CLBlastClearCache failed: %s (%d)",
-                                       mca_status_string(code), (int)code);
-    }
     if (status == MCA_SUCCESS)
         status = apply_entries(context, path, &file);
     if (status == MCA_SUCCESS)

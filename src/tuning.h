@@ -63,10 +63,10 @@ int mca_tuning_default_path(const char *device_name, char *path, size_t size);
 /*
  * Applies tuned CLBlast parameters to the context's device with CLBlastOverrideParameters.
  * CLBlast keeps them for that device for the rest of the process, so later contexts on the
- * same device use them too. Applying a file first clears CLBlast's process-wide program and
- * parameter caches, which drops parameters applied earlier for any device, and the
- * parameters are then checked with a few GEMMs against a host product; a file that fails
- * the check is dropped again and gives MCA_ERROR_INVALID_CONFIG.
+ * same device use them too. The parameters are then checked with a few GEMMs against a
+ * host product. A file that fails the check gives MCA_ERROR_INVALID_CONFIG, and CLBlast's
+ * caches are cleared to drop its parameters again, which also drops parameters applied
+ * earlier for other devices.
  *
  * `path` MCA_TUNING_NONE ("") applies nothing. NULL reads the file named by
  * MCA_CLBLAST_TUNING, or the device's default file when that variable is unset or empty. A
