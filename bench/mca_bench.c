@@ -360,7 +360,9 @@ static int32_t *read_token_stream(const char *path, const model_t *m, size_t *co
     free(line);
     fclose(file);
     if (used == 0) {
-        fprintf(stderr, "mca-bench: %s holds no sentences\n", path);
+        fprintf(stderr, "mca-bench: %s contains no sentences; give a text file with one per "
+                        "line\n",
+                path);
         exit(1);
     }
     *count = used;

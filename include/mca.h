@@ -187,7 +187,7 @@ void mca_forward_options_init(mca_forward_options_t *options);
 /*
  * Statistics of one or more forward passes. A forward pass adds its counts to the raw
  * counters and recomputes the derived fields, so one struct can sum a whole encoder or a
- * corpus; mca_forward_stats_reset starts over.
+ * corpus. mca_forward_stats_reset starts over.
  */
 typedef struct mca_forward_stats {
     /* Raw counters. */

@@ -27,7 +27,7 @@ int mca_sampling_tables_create(mca_context_t *context, cl_mem weight, size_t wei
 void mca_sampling_tables_release(mca_sampling_tables_t *tables);
 
 /*
- * One batch of (token, head) pairs to sample. pairs holds pair_count cl_uint4 entries
+ * One batch of (token, head) pairs to sample. pairs contains pair_count cl_uint4 entries
  * (row = b * tokens + j, head, r, offset); pair q writes entries [offset, offset + r) of
  * columns (cl_uint) and weights (float) and its distinct-column count to distinct[q].
  * hidden is (rows, D).

@@ -9,22 +9,6 @@
 #include "safetensors.h"
 #include "test_util.h"
 
-static mca_context_t *context;
-
-static int setup(void **state)
-{
-    (void)state;
-    context = test_context_create();
-    return context != NULL ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    mca_context_destroy(context);
-    return 0;
-}
-
 /* Largest |a - b| / (1 + |b|) over `count` values. */
 static double max_relative_error(const float *a, const double *b, size_t count)
 {
@@ -557,5 +541,5 @@ int main(void)
         cmocka_unit_test(invalid_forward_arguments),
         cmocka_unit_test(invalid_layer_weights),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_group_setup, test_group_teardown);
 }

@@ -9,22 +9,6 @@
 #include "host_attention.h"
 #include "test_util.h"
 
-static mca_context_t *context;
-
-static int setup(void **state)
-{
-    (void)state;
-    context = test_context_create();
-    return context != NULL ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    mca_context_destroy(context);
-    return 0;
-}
-
 /* Largest |a - b| / (1 + |b|) over the valid rows. NaN counts as infinite. */
 static double max_relative_error(const float *a, const double *b, int batch, int tokens,
                                  const int *lengths, int D)
@@ -231,5 +215,5 @@ int main(void)
         cmocka_unit_test(host_rejects_invalid_input),
         cmocka_unit_test(host_rejects_oversized_batch),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_group_setup, test_group_teardown);
 }

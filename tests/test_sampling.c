@@ -1,4 +1,4 @@
-/* Sampling: the CDF tables, Philox known answers, the sampler's index frequencies, the
+/* Sampling: the CDF tables, Philox known-answer vectors, the sampler's index frequencies, the
  * estimator's mean and error, and independence from the work-group size. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,22 +8,6 @@
 
 #include "attention.h"
 #include "test_util.h"
-
-static mca_context_t *context;
-
-static int setup(void **state)
-{
-    (void)state;
-    context = test_context_create();
-    return context != NULL ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    mca_context_destroy(context);
-    return 0;
-}
 
 static void read_floats(cl_mem buffer, size_t count, float *out)
 {
@@ -530,5 +514,5 @@ int main(void)
         cmocka_unit_test(forward_ignores_work_group_size),
         cmocka_unit_test(merged_equals_published_strategy),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, test_group_setup, test_group_teardown);
 }

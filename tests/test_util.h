@@ -37,6 +37,24 @@ static inline mca_context_t *test_context_create(void)
     return context;
 }
 
+/* Context shared by the tests of one cmocka group, created by test_group_setup. Each test
+ * program that includes this header has its own. */
+static mca_context_t *context;
+
+static inline int test_group_setup(void **state)
+{
+    (void)state;
+    context = test_context_create();
+    return context != NULL ? 0 : -1;
+}
+
+static inline int test_group_teardown(void **state)
+{
+    (void)state;
+    mca_context_destroy(context);
+    return 0;
+}
+
 /* xorshift64* stream: deterministic test data without libc's rand(). */
 typedef struct test_rng {
     uint64_t state;
