@@ -2,6 +2,8 @@
 #include "config.h"
 
 #include "error.h"
+#include "fault.h"
+#include "json.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -190,7 +192,7 @@ static int parse_json(const char *text, size_t length, const char *name, cJSON *
                          "config '%s' contains a NUL byte at offset %zu; config.json must be "
                          "JSON text", name, (size_t)(nul - text));
 
-    cJSON *parsed = cJSON_ParseWithLengthOpts(text, length, &end, false);
+    cJSON *parsed = mca_json_parse(text, length, &end, false);
     if (parsed == NULL)
         return mca_error(MCA_ERROR_CORRUPT_FILE,
                          "config '%s' is not valid JSON (error near byte %zu of %zu)", name,
@@ -229,7 +231,7 @@ int mca_bert_config_parse(const char *json, size_t length, const char *name,
                          "config.json", name, length, MCA_CONFIG_MAX_BYTES);
 
     /* Copy the text, because cJSON needs a NUL terminator. */
-    text = malloc(length + 1);
+    text = mca_malloc(length + 1);
     if (text == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                          "out of host memory for the %zu bytes of config '%s'", length, name);
@@ -306,7 +308,7 @@ int mca_bert_config_read(const char *path, mca_bert_config_t *config)
             size_t grown = capacity == 0 ? 65536 : 2 * capacity;
             if (grown > (size_t)MCA_CONFIG_MAX_BYTES + 1)
                 grown = (size_t)MCA_CONFIG_MAX_BYTES + 1;
-            char *larger = realloc(text, grown);
+            char *larger = mca_realloc(text, grown);
             if (larger == NULL) {
                 status = mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                                    "out of host memory for reading config '%s'", path);

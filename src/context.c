@@ -89,10 +89,12 @@ static int pick_device(mca_context_t *context, int platform_index, int device_in
         return mca_check_cl(context, code, "clGetPlatformIDs");
     if ((cl_uint)platform_index >= platform_count)
         return mca_context_error(context, MCA_ERROR_NO_DEVICE,
-                                 "OpenCL platform index %d is out of range: %u platform(s) found",
-                                 platform_index, platform_count);
+                                 "OpenCL platform index %d is out of range: %u platform(s) "
+                                 "found; pick an index below %u (clinfo -l lists them) in the "
+                                 "options or MCA_PLATFORM",
+                                 platform_index, platform_count, platform_count);
 
-    cl_platform_id *platforms = malloc(platform_count * sizeof *platforms);
+    cl_platform_id *platforms = mca_malloc(platform_count * sizeof *platforms);
     if (platforms == NULL)
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "cannot allocate the platform list");
@@ -113,10 +115,11 @@ static int pick_device(mca_context_t *context, int platform_index, int device_in
     if ((cl_uint)device_index >= device_count)
         return mca_context_error(context, MCA_ERROR_NO_DEVICE,
                                  "OpenCL device index %d is out of range: platform %d has %u "
-                                 "device(s)",
-                                 device_index, platform_index, device_count);
+                                 "device(s); pick an index below %u (clinfo -l lists them) in "
+                                 "the options or MCA_DEVICE",
+                                 device_index, platform_index, device_count, device_count);
 
-    cl_device_id *devices = malloc(device_count * sizeof *devices);
+    cl_device_id *devices = mca_malloc(device_count * sizeof *devices);
     if (devices == NULL)
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "cannot allocate the device list");
@@ -146,6 +149,10 @@ static int query_device(mca_context_t *context)
     if (code == CL_SUCCESS)
         code = clGetDeviceInfo(device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof context->local_mem_size,
                                &context->local_mem_size, NULL);
+    cl_device_type type = 0;
+    if (code == CL_SUCCESS)
+        code = clGetDeviceInfo(device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    context->is_cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
     if (code != CL_SUCCESS)
         return mca_check_cl(context, code, "clGetDeviceInfo");
 
@@ -173,7 +180,7 @@ static int build_program(mca_context_t *context)
     size_t log_size = 0;
     clGetProgramBuildInfo(context->program, context->device, CL_PROGRAM_BUILD_LOG, 0, NULL,
                           &log_size);
-    char *build_log = log_size > 0 ? malloc(log_size + 1) : NULL;
+    char *build_log = log_size > 0 ? mca_malloc(log_size + 1) : NULL;
     if (build_log != NULL) {
         clGetProgramBuildInfo(context->program, context->device, CL_PROGRAM_BUILD_LOG, log_size,
                               build_log, NULL);
@@ -209,7 +216,7 @@ static int context_allocate(const mca_context_options_t *options, mca_context_t 
                          "log level %d is invalid; use MCA_LOG_DEBUG .. MCA_LOG_ERROR",
                          (int)options->log_level);
 
-    mca_context_t *created = calloc(1, sizeof *created);
+    mca_context_t *created = mca_calloc(1, sizeof *created);
     if (created == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY, "cannot allocate a context");
     created->log = options->log;
@@ -400,20 +407,38 @@ int mca_launch(const mca_context_t *context, cl_kernel kernel, cl_uint dims,
 {
     size_t global[2] = {0, 0};
     size_t local[2] = {1, 1};
-    size_t kernel_limit = 0;
-    cl_int code = clGetKernelWorkGroupInfo(kernel, context->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                           sizeof kernel_limit, &kernel_limit, NULL);
-    if (code != CL_SUCCESS)
-        return mca_check_cl(context, code, "clGetKernelWorkGroupInfo");
-
-    local[0] = context->local_size < kernel_limit ? context->local_size : kernel_limit;
+    int status = mca_kernel_group_size(context, kernel, &local[0]);
+    if (status != MCA_SUCCESS)
+        return status;
     for (cl_uint d = 0; d < dims; d++) {
         if (global_size[d] == 0)
             return MCA_SUCCESS;
         global[d] = (global_size[d] + local[d] - 1) / local[d] * local[d];
     }
-    code = clEnqueueNDRangeKernel(context->queue, kernel, dims, NULL, global, local, 0, NULL,
-                                  event);
+    cl_int code = clEnqueueNDRangeKernel(context->queue, kernel, dims, NULL, global, local, 0,
+                                         NULL, event);
+    return mca_check_cl(context, code, "clEnqueueNDRangeKernel");
+}
+
+int mca_kernel_group_size(const mca_context_t *context, cl_kernel kernel, size_t *group_size)
+{
+    size_t kernel_limit = 0;
+    cl_int code = clGetKernelWorkGroupInfo(kernel, context->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                           sizeof kernel_limit, &kernel_limit, NULL);
+    if (code != CL_SUCCESS)
+        return mca_check_cl(context, code, "clGetKernelWorkGroupInfo");
+    *group_size = context->local_size < kernel_limit ? context->local_size : kernel_limit;
+    return MCA_SUCCESS;
+}
+
+int mca_launch_groups(const mca_context_t *context, cl_kernel kernel, size_t group_count,
+                      size_t group_size)
+{
+    if (group_count == 0)
+        return MCA_SUCCESS;
+    size_t global = group_count * group_size;
+    cl_int code = clEnqueueNDRangeKernel(context->queue, kernel, 1, NULL, &global, &group_size,
+                                         0, NULL, NULL);
     return mca_check_cl(context, code, "clEnqueueNDRangeKernel");
 }
 
@@ -431,7 +456,11 @@ int mca_buffer_create(const mca_context_t *context, size_t bytes, const void *ho
                                  what, bytes, (unsigned long long)context->max_mem_alloc_size);
     cl_int code = CL_SUCCESS;
     cl_mem_flags flags = CL_MEM_READ_WRITE | (host != NULL ? CL_MEM_COPY_HOST_PTR : 0);
-    cl_mem created = clCreateBuffer(context->cl_context, flags, bytes, (void *)host, &code);
+    cl_mem created = NULL;
+    if (mca_fault_inject(MCA_FAULT_BUFFER_CREATION))
+        code = CL_MEM_OBJECT_ALLOCATION_FAILURE; /* injected by a test */
+    else
+        created = clCreateBuffer(context->cl_context, flags, bytes, (void *)host, &code);
     if (code != CL_SUCCESS)
         return mca_context_error(context, code, "creating a %zu-byte buffer for %s failed: %s "
                                  "(%d)", bytes, what, mca_status_string(code), code);

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "error.h"
+#include "fault.h"
 #include "mca.h"
 
 #define MCA_MAX_CACHED_KERNELS 32
@@ -32,6 +33,9 @@ struct mca_context {
     cl_ulong max_mem_alloc_size;
     cl_ulong global_mem_size;
     cl_ulong local_mem_size;
+    /* CPUs run one work-item per work-group and per pair in the sampling kernels, where
+     * GPUs need wide work-groups. */
+    bool is_cpu;
 
     /* Work-group size for one-dimensional launches, from the device limits. Tests change it
      * to check that results do not depend on it. */
@@ -62,12 +66,23 @@ int mca_context_kernel(mca_context_t *context, const char *name, cl_kernel *kern
  * index 0. MCA_ARG(x) expands to such a pair. */
 int mca_set_kernel_args(const mca_context_t *context, cl_kernel kernel, int count, ...);
 #define MCA_ARG(x) sizeof(x), (const void *)&(x)
+/* A __local kernel argument of `bytes` bytes, for mca_set_kernel_args. */
+#define MCA_LOCAL_ARG(bytes) (size_t)(bytes), (const void *)NULL
 
 /* Enqueues `kernel` over `dims` (1 or 2) dimensions. Each global size is rounded up to a
  * multiple of the work-group size, so kernels must guard their index against the real
  * size, which they receive as an argument. A global size of 0 enqueues nothing. */
 int mca_launch(const mca_context_t *context, cl_kernel kernel, cl_uint dims,
                const size_t *global_size, cl_event *event);
+
+/* Enqueues `group_count` work-groups of `group_size` work-items in one dimension, for
+ * kernels that give each work-group one item of work. Take group_size from
+ * mca_kernel_group_size, which also sizes the kernel's __local arguments. */
+int mca_launch_groups(const mca_context_t *context, cl_kernel kernel, size_t group_count,
+                      size_t group_size);
+
+/* Work-group size that mca_launch and mca_launch_groups use for `kernel`. */
+int mca_kernel_group_size(const mca_context_t *context, cl_kernel kernel, size_t *group_size);
 
 /* Creates a device buffer of `bytes` (> 0) after checking the request against the
  * device's maximum allocation, naming `what` and both sizes in the error. `host` may be

@@ -82,7 +82,7 @@ struct mca_encoder {
 static char *join_path(const char *model_dir, const char *file_name)
 {
     size_t length = strlen(model_dir) + 1 + strlen(file_name) + 1;
-    char *path = malloc(length);
+    char *path = mca_malloc(length);
     if (path != NULL)
         snprintf(path, length, "%s/%s", model_dir, file_name);
     return path;
@@ -127,7 +127,7 @@ static int read_tensor(const mca_context_t *context, const mca_safetensors_t *fi
     size_t count = 1;
     for (int i = 0; i < rank; ++i)
         count *= (size_t)shape[i];
-    float *data = malloc(count * sizeof *data);
+    float *data = mca_malloc(count * sizeof *data);
     if (data == NULL)
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "allocating %zu floats for tensor \"%s\" failed", count,
@@ -143,7 +143,8 @@ static int read_tensor(const mca_context_t *context, const mca_safetensors_t *fi
         if (!isfinite(data[i])) {
             status = mca_context_error(context, MCA_ERROR_CORRUPT_FILE,
                                        "tensor \"%s\" in %s has a non-finite value (%g) at "
-                                       "flat index %zu",
+                                       "flat index %zu; the encoder needs finite weights, so "
+                                       "replace the model file",
                                        resolved, path, data[i], i);
             goto cleanup;
         }
@@ -390,9 +391,13 @@ mca_status_t mca_encoder_load(mca_context_t *context, const char *model_dir,
 
     struct stat info;
     const char *problem = NULL;
-    if (stat(model_dir, &info) != 0)
-        problem = strerror(errno);
-    else if (!S_ISDIR(info.st_mode))
+    char reason[256]; /* strerror_r, because strerror need not be thread-safe */
+    if (stat(model_dir, &info) != 0) {
+        int error_number = errno;
+        if (strerror_r(error_number, reason, sizeof reason) != 0)
+            snprintf(reason, sizeof reason, "error %d", error_number);
+        problem = reason;
+    } else if (!S_ISDIR(info.st_mode))
         problem = "not a directory";
     if (problem != NULL)
         return mca_context_error(context, MCA_ERROR_IO,
@@ -401,7 +406,7 @@ mca_status_t mca_encoder_load(mca_context_t *context, const char *model_dir,
                                  "vocab.txt",
                                  model_dir, problem);
 
-    mca_encoder_t *result = calloc(1, sizeof *result);
+    mca_encoder_t *result = mca_calloc(1, sizeof *result);
     if (result == NULL)
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "allocating the encoder failed");
@@ -411,7 +416,7 @@ mca_status_t mca_encoder_load(mca_context_t *context, const char *model_dir,
     if (status != MCA_SUCCESS)
         goto cleanup;
 
-    result->layers = calloc((size_t)result->config.num_hidden_layers, sizeof *result->layers);
+    result->layers = mca_calloc((size_t)result->config.num_hidden_layers, sizeof *result->layers);
     if (result->layers == NULL) {
         status = mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                    "allocating %d encoder layers failed",
@@ -517,7 +522,7 @@ static void warn_truncated(const mca_encoder_t *encoder, int index, const char *
     const size_t bytes = strlen(text);
     int full_count = -1;
     if (bytes <= (size_t)INT_MAX - 2) {
-        int32_t *ids = malloc((bytes + 2) * sizeof *ids);
+        int32_t *ids = mca_malloc((bytes + 2) * sizeof *ids);
         int truncated = 0;
         if (ids != NULL &&
             mca_tokenizer_encode(encoder->tokenizer, text, bytes, (int)(bytes + 2), ids,
@@ -544,10 +549,10 @@ static int tokenize_batch(mca_encoder_t *encoder, int count, const char *const *
 {
     const mca_context_t *context = encoder->context;
     const int max_length = encoder->config.max_position_embeddings;
-    int32_t *scratch = malloc((size_t)max_length * sizeof *scratch);
+    int32_t *scratch = mca_malloc((size_t)max_length * sizeof *scratch);
     int32_t *packed = NULL; /* every text's ids back to back */
     size_t packed_count = 0, packed_capacity = 0;
-    token_batch_t result = {NULL, calloc((size_t)count, sizeof(int)), 2};
+    token_batch_t result = {NULL, mca_calloc((size_t)count, sizeof(int)), 2};
     int status = MCA_SUCCESS;
 
     if (scratch == NULL || result.valid_lengths == NULL) {
@@ -576,7 +581,7 @@ static int tokenize_batch(mca_encoder_t *encoder, int count, const char *const *
             size_t capacity = packed_capacity > 0 ? 2 * packed_capacity : 4096;
             while (capacity < packed_count + (size_t)length)
                 capacity *= 2;
-            int32_t *grown = realloc(packed, capacity * sizeof *grown);
+            int32_t *grown = mca_realloc(packed, capacity * sizeof *grown);
             if (grown == NULL) {
                 status = mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                            "allocating %zu token ids failed", capacity);
@@ -594,7 +599,7 @@ static int tokenize_batch(mca_encoder_t *encoder, int count, const char *const *
 
     /* Padding ids never reach a valid output, so id 0, which every vocabulary has, is
      * as good as any. */
-    result.ids = calloc((size_t)count * (size_t)result.tokens, sizeof *result.ids);
+    result.ids = mca_calloc((size_t)count * (size_t)result.tokens, sizeof *result.ids);
     if (result.ids == NULL) {
         status = mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                    "allocating %d x %d token ids failed", count, result.tokens);
@@ -932,7 +937,7 @@ mca_status_t mca_encoder_embed(mca_encoder_t *encoder, const mca_forward_options
 
     const int width = encoder->config.hidden_size;
     token_batch_t batch = {NULL, NULL, 0};
-    float *pooled = malloc((size_t)count * (size_t)width * sizeof *pooled);
+    float *pooled = mca_malloc((size_t)count * (size_t)width * sizeof *pooled);
     mca_forward_stats_t call_stats;
     mca_forward_stats_reset(&call_stats);
 

@@ -64,7 +64,7 @@ int mca_gemm_batched(const mca_context_t *context, bool transpose_a, bool transp
 {
     if (m == 0 || n == 0 || count == 0)
         return MCA_SUCCESS;
-    float *alphas = malloc(2 * count * sizeof *alphas);
+    float *alphas = mca_malloc(2 * count * sizeof *alphas);
     if (alphas == NULL)
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "cannot allocate scalars for %zu batched products", count);

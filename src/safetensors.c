@@ -2,6 +2,8 @@
 #include "safetensors.h"
 
 #include "error.h"
+#include "fault.h"
+#include "json.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -194,7 +196,7 @@ static int parse_shape(const char *file_name, const cJSON *shape_item, tensor_en
     uint64_t count = 1;
 
     if (rank > 0) {
-        entry->shape = malloc((size_t)rank * sizeof *entry->shape);
+        entry->shape = mca_malloc((size_t)rank * sizeof *entry->shape);
         if (entry->shape == NULL)
             return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                              "out of host memory for the shape of tensor '%s' (rank %d) in "
@@ -284,7 +286,7 @@ static int parse_entry(const mca_safetensors_t *file, const cJSON *item, tensor_
 {
     bool duplicate;
 
-    entry->name = strdup(item->string);
+    entry->name = mca_strdup(item->string);
     if (entry->name == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                          "out of host memory for a tensor name in safetensors file '%s'",
@@ -416,7 +418,7 @@ static cJSON *parse_header_json(const mca_safetensors_t *file, const char *text,
         return NULL;
     }
 
-    cJSON *root = cJSON_ParseWithLengthOpts(text, length, &end, false);
+    cJSON *root = mca_json_parse(text, length, &end, false);
     if (root == NULL) {
         *status = mca_error(MCA_ERROR_CORRUPT_FILE,
                             "header of safetensors file '%s' is not valid JSON (error near "
@@ -469,7 +471,7 @@ static int parse_header(mca_safetensors_t *file)
     file->data_size = file->size - LENGTH_FIELD_BYTES - (size_t)header_length;
 
     /* Copy the header, because cJSON needs NUL-terminated text. */
-    text = malloc((size_t)header_length + 1);
+    text = mca_malloc((size_t)header_length + 1);
     if (text == NULL) {
         status = mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                            "out of host memory for the %" PRIu64 "-byte header of safetensors "
@@ -508,7 +510,7 @@ static int parse_header(mca_safetensors_t *file)
     }
 
     if (capacity > 0) {
-        file->tensors = calloc(capacity, sizeof *file->tensors);
+        file->tensors = mca_calloc(capacity, sizeof *file->tensors);
         if (file->tensors == NULL) {
             status = mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                                "out of host memory for %zu tensor entries of safetensors file "
@@ -543,7 +545,7 @@ static int open_owned_bytes(unsigned char *bytes, size_t size, const char *name,
                             mca_safetensors_t **file)
 {
     int status;
-    mca_safetensors_t *result = calloc(1, sizeof *result);
+    mca_safetensors_t *result = mca_calloc(1, sizeof *result);
 
     if (result == NULL) {
         free(bytes);
@@ -552,7 +554,7 @@ static int open_owned_bytes(unsigned char *bytes, size_t size, const char *name,
     }
     result->bytes = bytes;
     result->size = size;
-    result->name = strdup(name);
+    result->name = mca_strdup(name);
     if (result->name == NULL) {
         status = mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                            "out of host memory for the name of safetensors file '%s'", name);
@@ -608,7 +610,7 @@ static int read_whole_file(const char *path, unsigned char **bytes, size_t *size
     }
 
     size_t expected = (size_t)info.st_size;
-    buffer = malloc(expected > 0 ? expected : 1);
+    buffer = mca_malloc(expected > 0 ? expected : 1);
     if (buffer == NULL) {
         status = mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                            "out of host memory for the %zu bytes of safetensors file '%s'",
@@ -671,7 +673,7 @@ int mca_safetensors_open_memory(const void *bytes, size_t size, const char *name
         return mca_error(MCA_ERROR_INVALID_ARGUMENT,
                          "output handle for safetensors file '%s' is NULL", name);
 
-    unsigned char *copy = malloc(size > 0 ? size : 1);
+    unsigned char *copy = mca_malloc(size > 0 ? size : 1);
     if (copy == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                          "out of host memory for a %zu-byte copy of safetensors file '%s'",

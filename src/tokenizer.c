@@ -36,6 +36,7 @@
 #include <utf8proc.h>
 
 #include "error.h"
+#include "fault.h"
 
 /* WordPiece settings of all-MiniLM-L6-v2's tokenizer.json. */
 #define MAX_WORD_CHARS 100
@@ -236,14 +237,20 @@ static void vocab_insert(mca_tokenizer_t *tokenizer, const char *token, size_t l
 /* Reads the whole file into a new buffer with a NUL after the last byte. */
 static int read_file(const char *path, char **contents, size_t *size)
 {
+    /* strerror_r, because strerror need not be thread-safe. */
+    char reason[256];
     FILE *file = fopen(path, "rb");
-    if (file == NULL)
+    if (file == NULL) {
+        int error_number = errno;
+        if (strerror_r(error_number, reason, sizeof reason) != 0)
+            snprintf(reason, sizeof reason, "error %d", error_number);
         return mca_error(MCA_ERROR_IO, "cannot open vocab file %s: %s; pass the path of the "
-                         "model's vocab.txt", path, strerror(errno));
+                         "model's vocab.txt", path, reason);
+    }
 
     size_t capacity = 1 << 16;
     size_t used = 0;
-    char *buffer = malloc(capacity);
+    char *buffer = mca_malloc(capacity);
     int status = MCA_SUCCESS;
     if (buffer == NULL) {
         status = mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
@@ -258,7 +265,7 @@ static int read_file(const char *path, char **contents, size_t *size)
                                    "vocab file %s is larger than memory can hold", path);
                 goto cleanup;
             }
-            char *grown = realloc(buffer, capacity * 2);
+            char *grown = mca_realloc(buffer, capacity * 2);
             if (grown == NULL) {
                 status = mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                                    "cannot allocate %zu bytes to read vocab file %s",
@@ -274,8 +281,11 @@ static int read_file(const char *path, char **contents, size_t *size)
             break;
     }
     if (ferror(file)) {
+        int error_number = errno;
+        if (strerror_r(error_number, reason, sizeof reason) != 0)
+            snprintf(reason, sizeof reason, "error %d", error_number);
         status = mca_error(MCA_ERROR_IO, "cannot read vocab file %s: %s; check that it is a "
-                           "readable file", path, strerror(errno));
+                           "readable file", path, reason);
         goto cleanup;
     }
 
@@ -360,7 +370,7 @@ int mca_tokenizer_load(const char *vocab_path, mca_tokenizer_t **tokenizer)
         return mca_error(MCA_ERROR_INVALID_ARGUMENT,
                          "tokenizer is NULL; pass the address of an mca_tokenizer_t pointer");
 
-    mca_tokenizer_t *result = calloc(1, sizeof *result);
+    mca_tokenizer_t *result = mca_calloc(1, sizeof *result);
     if (result == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY, "cannot allocate a tokenizer");
 
@@ -381,7 +391,7 @@ int mca_tokenizer_load(const char *vocab_path, mca_tokenizer_t **tokenizer)
     size_t slot_count = 16;
     while (slot_count < 2 * lines)
         slot_count *= 2;
-    result->slots = calloc(slot_count, sizeof *result->slots);
+    result->slots = mca_calloc(slot_count, sizeof *result->slots);
     if (result->slots == NULL) {
         status = mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                            "cannot allocate a table of %zu slots for vocab file %s",
@@ -530,7 +540,7 @@ static int push_piece(encoder_t *encoder, int32_t id)
         if (capacity > SIZE_MAX / sizeof *encoder->pieces)
             return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                              "cannot allocate %zu token ids", capacity);
-        int32_t *grown = realloc(encoder->pieces, capacity * sizeof *grown);
+        int32_t *grown = mca_realloc(encoder->pieces, capacity * sizeof *grown);
         if (grown == NULL)
             return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                              "cannot allocate %zu token ids", capacity);
@@ -673,12 +683,12 @@ static int append_to_run(encoder_t *encoder, uint32_t c)
         if (capacity > SIZE_MAX / sizeof(uint32_t))
             return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                              "cannot allocate a run of %zu combining characters", capacity);
-        uint32_t *grown_run = realloc(encoder->run, capacity * sizeof(uint32_t));
+        uint32_t *grown_run = mca_realloc(encoder->run, capacity * sizeof(uint32_t));
         if (grown_run == NULL)
             return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                              "cannot allocate a run of %zu combining characters", capacity);
         encoder->run = grown_run;
-        uint32_t *grown_sorted = realloc(encoder->run_sorted, capacity * sizeof(uint32_t));
+        uint32_t *grown_sorted = mca_realloc(encoder->run_sorted, capacity * sizeof(uint32_t));
         if (grown_sorted == NULL)
             return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                              "cannot allocate a run of %zu combining characters", capacity);
@@ -819,7 +829,7 @@ int mca_tokenizer_encode(const mca_tokenizer_t *tokenizer, const char *text, siz
                          "convert the text to UTF-8 before encoding it",
                          reason, error_offset, (unsigned)(unsigned char)text[error_offset]);
 
-    encoder_t *encoder = calloc(1, sizeof *encoder);
+    encoder_t *encoder = mca_calloc(1, sizeof *encoder);
     if (encoder == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY, "cannot allocate the encoder state");
     encoder->tokenizer = tokenizer;

@@ -14,6 +14,7 @@
 #include <clblast_c.h>
 
 #include "gemm.h"
+#include "json.h"
 
 #define SANITIZED_NAME_MAX 128
 
@@ -117,7 +118,7 @@ static int read_text(const mca_context_t *context, const char *path, char **text
                                  reason);
     }
 
-    char *buffer = malloc(MCA_TUNING_MAX_FILE_BYTES + 1);
+    char *buffer = mca_malloc(MCA_TUNING_MAX_FILE_BYTES + 1);
     if (buffer == NULL) {
         fclose(file);
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
@@ -189,8 +190,8 @@ static int parse_parameters(const mca_context_t *context, const char *path, cons
                                  path, kernel);
 
     size_t count = (size_t)cJSON_GetArraySize(parameters);
-    entry->names = calloc(count, sizeof *entry->names);
-    entry->values = calloc(count, sizeof *entry->values);
+    entry->names = mca_calloc(count, sizeof *entry->names);
+    entry->values = mca_calloc(count, sizeof *entry->values);
     if (entry->names == NULL || entry->values == NULL)
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "cannot allocate %zu parameters of kernel '%s'", count, kernel);
@@ -259,7 +260,7 @@ static int parse_file(const mca_context_t *context, const char *path, const char
     /* cJSON_GetErrorPtr is shared by all threads, so the error position comes from the
      * parse end instead. */
     const char *error = NULL;
-    file->root = cJSON_ParseWithOpts(text, &error, true);
+    file->root = mca_json_parse(text, strlen(text) + 1, &error, true);
     if (file->root == NULL) {
         long offset = error != NULL && error >= text ? (long)(error - text) : -1;
         return mca_context_error(context, MCA_ERROR_CORRUPT_FILE,
@@ -293,7 +294,7 @@ static int parse_file(const mca_context_t *context, const char *path, const char
         return mca_context_error(context, MCA_ERROR_CORRUPT_FILE,
                                  "'%s' has no \"kernels\" array", path);
     size_t count = (size_t)cJSON_GetArraySize(kernels);
-    file->entries = calloc(count > 0 ? count : 1, sizeof *file->entries);
+    file->entries = mca_calloc(count > 0 ? count : 1, sizeof *file->entries);
     if (file->entries == NULL)
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "cannot allocate %zu kernel entries", count);
@@ -342,7 +343,7 @@ static int apply_entries(mca_context_t *context, const char *path, const tuning_
 static int gemm_error(mca_context_t *context, size_t m, size_t n, size_t k, bool transpose_b,
                       double *error)
 {
-    float *a = malloc((m * k + n * k + m * n) * sizeof *a);
+    float *a = mca_malloc((m * k + n * k + m * n) * sizeof *a);
     if (a == NULL)
         return mca_context_error(context, MCA_ERROR_OUT_OF_HOST_MEMORY,
                                  "cannot allocate the GEMM check of the tuned parameters");

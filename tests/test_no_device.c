@@ -16,6 +16,7 @@ static void no_platform_gives_no_device(void **state)
     assert_int_equal(mca_context_create(NULL, &context), MCA_ERROR_NO_DEVICE);
     assert_null(context);
     assert_non_null(strstr(mca_last_error(), "no OpenCL platform found"));
+    assert_non_null(strstr(mca_last_error(), "pocl-opencl-icd"));
 }
 
 int main(void)

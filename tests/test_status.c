@@ -32,6 +32,7 @@ static void no_such_platform(void **state)
     assert_int_equal(mca_context_create(&options, &context), MCA_ERROR_NO_DEVICE);
     assert_null(context);
     assert_non_null(strstr(mca_last_error(), "platform index 99"));
+    assert_non_null(strstr(mca_last_error(), "clinfo -l"));
 
     options.platform_index = 0;
     options.device_index = 99;
@@ -52,8 +53,30 @@ static void device_from_environment(void **state)
     assert_non_null(strstr(mca_last_error(), "MCA_DEVICE='first'"));
     unsetenv("MCA_DEVICE");
 
+    setenv("MCA_DEVICE", "2000", 1);
+    assert_int_equal(mca_context_create(NULL, &context), MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "MCA_DEVICE='2000'"));
+    unsetenv("MCA_DEVICE");
+
     setenv("MCA_PLATFORM", "-3", 1);
     assert_int_equal(mca_context_create(NULL, &context), MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "MCA_PLATFORM='-3'"));
+
+    /* A valid number past the last platform, read because the option is negative. */
+    setenv("MCA_PLATFORM", "5", 1);
+    mca_context_options_t options;
+    mca_context_options_init(&options);
+    options.platform_index = -7;
+    assert_int_equal(mca_context_create(&options, &context), MCA_ERROR_NO_DEVICE);
+    assert_non_null(strstr(mca_last_error(), "platform index 5 is out of range"));
+    assert_non_null(strstr(mca_last_error(), "MCA_PLATFORM"));
+
+    /* An explicit index in the options wins over the environment. */
+    options.platform_index = 0;
+    options.device_index = 0;
+    assert_int_equal(mca_context_create(&options, &context), MCA_SUCCESS);
+    mca_context_destroy(context);
+    context = NULL;
     unsetenv("MCA_PLATFORM");
     assert_null(context);
 
