@@ -572,10 +572,14 @@ static void time_host(const mca_attention_weights_t *w, const bench_options_t *b
 /* Reporting                                                                             */
 /* ------------------------------------------------------------------------------------ */
 
+/* Paths timed per alpha: the paper's exact pairs with merged sampling, the published
+ * strategy, and whole exact rows (MCA_EXACT_WHOLE_ROWS) with merged sampling. */
+#define MCA_PATHS 3
+
 typedef struct config {
     const shape_t *shape;
     int tokens, batch;
-    measurement_t rows[4 + 2 * MAX_LIST];
+    measurement_t rows[4 + MCA_PATHS * MAX_LIST];
     int count;
 } config_t;
 
@@ -659,30 +663,35 @@ static void write_markdown_targets(FILE *out, const config_t *c, const bench_opt
         return;
     fprintf(out, "\n| %s %d tok batch %d, alpha | FLOP fraction | T1: value / (V GEMM x "
                  "fraction), <= 1.5 | T2: sampling / value, <= 0.25 | T3: MCA / exact "
-                 "layer (512 tok) | T4: published / merged sampled rows, >= 5 |\n"
-                 "|---|---|---|---|---|---|\n",
+                 "layer (512 tok) | T3 with whole exact rows | T4: published / merged sampled "
+                 "rows, >= 5 |\n"
+                 "|---|---|---|---|---|---|---|\n",
             c->shape->name, c->tokens, c->batch);
     double v_gemm = exact->times.seconds[MCA_STAGE_EXACT_VALUES];
     for (int a = 0; a < bench->alphas.count; a++) {
         float alpha = bench->alphas.values[a];
         const measurement_t *mca = find_row(c, "mca", alpha);
         const measurement_t *published = find_row(c, "published", alpha);
+        const measurement_t *rows = find_row(c, "mca_rows", alpha);
         if (mca == NULL)
             continue;
         char t1[32] = "n/a (fraction < 0.1)";
         if (mca->flops_fraction >= 0.1)
             snprintf(t1, sizeof t1, "%.2f", value_stage(mca) / (v_gemm * mca->flops_fraction));
-        char t3[32] = "";
+        char t3[32] = "", t3_rows[48] = "";
+        const char *quality = fabsf(alpha - bench->quality_alpha) < 1e-6f ? " (quality alpha)" : "";
         if (c->tokens == 512)
-            snprintf(t3, sizeof t3, "%.2f%s", mca->times.total / exact->times.total,
-                     fabsf(alpha - bench->quality_alpha) < 1e-6f ? " (quality alpha)" : "");
+            snprintf(t3, sizeof t3, "%.2f%s", mca->times.total / exact->times.total, quality);
+        if (c->tokens == 512 && rows != NULL)
+            snprintf(t3_rows, sizeof t3_rows, "%.2f at fraction %.4f",
+                     rows->times.total / exact->times.total, rows->flops_fraction);
         char t4[32] = "n/a";
         if (published != NULL && sampled_rows(mca) > 0.0)
             snprintf(t4, sizeof t4, "%.1f", sampled_rows(published) / sampled_rows(mca));
-        fprintf(out, "| %g | %.4f | %s | %.3f | %s | %s |\n", alpha, mca->flops_fraction, t1,
+        fprintf(out, "| %g | %.4f | %s | %.3f | %s | %s | %s |\n", alpha, mca->flops_fraction, t1,
                 value_stage(mca) > 0.0 ? mca->times.seconds[MCA_STAGE_SAMPLING] / value_stage(mca)
                                        : 0.0,
-                t3, t4);
+                t3, t3_rows, t4);
     }
     if (untuned != NULL)
         fprintf(out, "\nT5: untuned / tuned CLBlast GEMM time (QK projection + V GEMM), >= 4: "
@@ -852,14 +861,18 @@ static void measure_config(mca_context_t *context, const workload_t *w, const be
     options.mode = MCA_MODE_MCA;
     options.seed = o->seed;
     options.budget_length = o->budget_length;
-    const mca_value_strategy_t strategies[2] = {MCA_VALUES_MERGED, MCA_VALUES_PUBLISHED};
-    const char *names[2] = {"mca", "published"};
+    const mca_value_strategy_t strategies[MCA_PATHS] = {MCA_VALUES_MERGED, MCA_VALUES_PUBLISHED,
+                                                        MCA_VALUES_MERGED};
+    const mca_exact_rows_t exact_rows[MCA_PATHS] = {MCA_EXACT_PAIRS, MCA_EXACT_PAIRS,
+                                                    MCA_EXACT_WHOLE_ROWS};
+    const char *names[MCA_PATHS] = {"mca", "published", "mca_rows"};
     for (int a = 0; a < o->alphas.count; a++) {
         options.alpha = o->alphas.values[a];
-        for (int s = 0; s < 2; s++) {
+        for (int s = 0; s < MCA_PATHS; s++) {
             fprintf(stderr, "mca-bench: %s, %d tokens, batch %d: %s, alpha %g\n",
                     c->shape->name, c->tokens, c->batch, names[s], options.alpha);
             layer->value_strategy = strategies[s];
+            options.exact_rows = exact_rows[s];
             time_layer(layer, &options, o, c->batch, c->tokens, w->lengths, w->hidden_buffer,
                        w->output_buffer, &c->rows[c->count]);
             c->rows[c->count++].path = names[s];

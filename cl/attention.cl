@@ -1,8 +1,10 @@
 /*
  * attention.cl: score computation for Monte-Carlo Attention.
  *
- *   attention_probabilities  A[b,h,i,:] = softmax(Q_h[i] K_h^T / sqrt(d)) over valid keys;
- *                            rows of padded queries and columns of padded keys are zero.
+ *   softmax_rows             A[b,h,i,:] = softmax of the scores S[b,h,i,:] = Q_h[i] K_h^T /
+ *                            sqrt(d) over valid keys, in place; the host computes S with
+ *                            one batched CLBlast GEMM. Rows of padded queries and columns of
+ *                            padded keys become zero.
  *   sample_counts            r[b,h,j] = max(r_min, min(D, floor((n_b * max_i A[b,h,i,j] /
  *                            alpha)^2))) for valid keys j, 0 for padded ones.
  *   token_norms              ||x_j|| of every token row.
@@ -14,22 +16,18 @@
  * needs local memory or barriers, which PoCL has miscompiled in partial work-groups.
  */
 
-/* Softmax over the valid keys of one query row. Padded keys get probability 0 and are
- * never read, so their content, NaN included, cannot reach a valid output. */
-__kernel void attention_probabilities(const uint batch, const uint heads, const uint tokens,
-                                      const uint head_width, const uint ld,
-                                      const uint key_offset, const float scale,
-                                      __global const int *valid_lengths,
-                                      __global const float *projections,
-                                      __global float *probabilities)
+/* Softmax over the valid keys of one query row, in place: the row holds the scaled scores
+ * Q_h[i] K_h^T / sqrt(d) that a GEMM wrote. Padded keys get probability 0 and are never
+ * read, so their scores, NaN included, cannot reach a valid output; rows of padded queries,
+ * and every row of a sequence of valid length 0, become zeros. */
+__kernel void softmax_rows(const uint batch, const uint heads, const uint tokens,
+                           __global const int *valid_lengths, __global float *probabilities)
 {
     const uint i = get_global_id(0);
     const uint bh = get_global_id(1);
     if (i >= tokens || bh >= batch * heads)
         return;
-    const uint b = bh / heads;
-    const uint h = bh % heads;
-    const uint length = (uint)valid_lengths[b];
+    const uint length = (uint)valid_lengths[bh / heads];
     __global float *row = probabilities + ((size_t)bh * tokens + i) * tokens;
 
     if (i >= length) {
@@ -38,20 +36,10 @@ __kernel void attention_probabilities(const uint batch, const uint heads, const 
         return;
     }
 
-    __global const float *query = projections + ((size_t)b * tokens + i) * ld + h * head_width;
-    __global const float *keys = projections + (size_t)b * tokens * ld + key_offset +
-                                 h * head_width;
-
-    /* Scores and their maximum; subtracting the maximum keeps exp() from overflowing. */
+    /* Subtracting the maximum keeps exp() from overflowing. */
     float maximum = -INFINITY;
-    for (uint j = 0; j < length; j++) {
-        __global const float *key = keys + (size_t)j * ld;
-        float dot = 0.0f;
-        for (uint c = 0; c < head_width; c++)
-            dot += query[c] * key[c];
-        row[j] = dot * scale;
+    for (uint j = 0; j < length; j++)
         maximum = fmax(maximum, row[j]);
-    }
 
     float sum = 0.0f;
     for (uint j = 0; j < length; j++) {

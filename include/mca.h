@@ -88,6 +88,16 @@ const char *mca_last_error(void);
 /* Context                                                                               */
 /* ------------------------------------------------------------------------------------ */
 
+/*
+ * Threads: a context and every object created from it (attention layers, encoders) are used
+ * by one thread at a time. They share the context's command queue, its kernel objects, whose
+ * arguments each call sets, and workspace buffers that each call reuses. Different contexts
+ * may run at once in different threads, also on the same device. The library serializes its
+ * CLBlast calls and JSON parsing with process-wide locks, so threads wait for each other
+ * there. Its only other process-wide state is the tuned CLBlast parameters of each device
+ * (see tuning_file). mca_last_error() and the log callback belong to the calling thread.
+ */
+
 typedef enum mca_log_level {
     MCA_LOG_DEBUG = 0,
     MCA_LOG_INFO = 1,
@@ -148,6 +158,20 @@ typedef enum mca_mode {
     MCA_MODE_MCA = 1    /* Monte-Carlo approximation of V */
 } mca_mode_t;
 
+/* Which value rows MCA mode computes exactly. */
+typedef enum mca_exact_rows {
+    /* Only the (token, head) pairs whose sample count reaches D, as the paper does: one
+     * batched GEMM over per-head groups. The default. */
+    MCA_EXACT_PAIRS = 0,
+    /* Whole value rows of every token that has such a pair in some head, in one (tokens, D,
+     * D) GEMM, when that GEMM is expected to be faster than the per-head one. The other
+     * heads of those tokens then become exact too, so this mode is never less accurate than
+     * MCA_EXACT_PAIRS.
+     * On encoder models most tokens draw the full count in at least one head, so this mode
+     * usually computes V exactly at about the cost of exact mode. */
+    MCA_EXACT_WHOLE_ROWS = 1
+} mca_exact_rows_t;
+
 typedef struct mca_forward_options {
     mca_mode_t mode;
     /* Precision knob, finite and > 0: r[h,j] = min(D, floor((n_b * m[h,j] / alpha)^2)).
@@ -168,6 +192,8 @@ typedef struct mca_forward_options {
      * sequence b of the batch draws from sequence number first_sequence + b. */
     uint32_t layer_index;
     uint32_t first_sequence;
+    /* Rows computed exactly: MCA_EXACT_PAIRS (the default) or MCA_EXACT_WHOLE_ROWS. */
+    mca_exact_rows_t exact_rows;
 } mca_forward_options_t;
 
 #define MCA_MAX_BUDGET_LENGTH 1048576
@@ -252,8 +278,11 @@ void mca_attention_destroy(mca_attention_t *attention);
  *
  * hidden:  (batch, tokens, D) float32, host, borrowed. Rows i >= valid_lengths[b] are padding:
  *          their content never changes a valid output and may be anything, NaN included.
+ *          A NaN or infinity in a valid row is rejected with MCA_ERROR_INVALID_ARGUMENT, and
+ *          the message names its index as hidden[b][i][k].
  * context: (batch, tokens, D) float32, host, written on success. Padded rows are zero.
- * valid_lengths: (batch) ints in 0 .. tokens. A zero-length sequence gives zero rows.
+ * valid_lengths: (batch) ints in 0 .. tokens. A zero-length sequence gives all-zero output
+ *          rows, never NaN, and adds only its padded positions to the statistics.
  * stats:   may be NULL, which also skips computing the error bounds (O(H n^2) work per
  *          sequence); otherwise counts are added (see mca_forward_stats_t).
  *
@@ -267,7 +296,9 @@ mca_status_t mca_attention_forward(mca_attention_t *attention, const mca_forward
 
 /* As mca_attention_forward, on device buffers of the layer's context (borrowed) holding
  * (batch, tokens, D) float32 at offset 0. Work is enqueued on the context's queue and has
- * finished when the call returns. NOTE: a failure late in the pass (a device error) can
+ * finished when the call returns. The hidden states stay on the device and are not checked:
+ * a NaN in a valid row of sequence b makes every valid output row of sequence b NaN and
+ * leaves the other sequences unchanged. NOTE: a failure late in the pass (a device error) can
  * leave `context` partly written, unlike the host variant. */
 mca_status_t mca_attention_forward_buffers(mca_attention_t *attention,
                                            const mca_forward_options_t *options, int batch,

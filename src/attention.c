@@ -146,7 +146,7 @@ static int upload_weights(mca_attention_t *layer, const mca_attention_weights_t 
 {
     size_t d = (size_t)w->hidden_size;
     size_t block = d * d;
-    float *packed = malloc((3 * block + d * d + 3 * d) * sizeof *packed);
+    float *packed = mca_malloc((3 * block + d * d + 3 * d) * sizeof *packed);
     if (packed == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY,
                          "cannot allocate %zu bytes to pack attention weights",
@@ -190,7 +190,7 @@ mca_status_t mca_attention_create(mca_context_t *context, const mca_attention_we
     if (status != MCA_SUCCESS)
         return mca_context_error(context, status, "%s", mca_last_error());
 
-    mca_attention_t *layer = calloc(1, sizeof *layer);
+    mca_attention_t *layer = mca_calloc(1, sizeof *layer);
     if (layer == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY, "cannot allocate an attention layer");
     layer->context = context;
@@ -233,7 +233,6 @@ void mca_attention_destroy(mca_attention_t *attention)
     free(attention->host.pairs);
     free(attention->host.distinct);
     free(attention->host.exact_rows);
-    free(attention->host.exact_starts);
     free(attention->host.gemm_offsets);
     release_stage_events(attention);
     free(attention);
@@ -263,6 +262,10 @@ static int validate_forward(const mca_attention_t *layer, const mca_forward_opti
         return mca_error(MCA_ERROR_INVALID_ARGUMENT,
                          "mode %d is invalid; use MCA_MODE_EXACT or MCA_MODE_MCA",
                          (int)options->mode);
+    if (options->exact_rows != MCA_EXACT_PAIRS && options->exact_rows != MCA_EXACT_WHOLE_ROWS)
+        return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                         "exact_rows %d is invalid; use MCA_EXACT_PAIRS or MCA_EXACT_WHOLE_ROWS",
+                         (int)options->exact_rows);
     if (options->mode == MCA_MODE_MCA && !(isfinite(options->alpha) && options->alpha > 0.0f))
         return mca_error(MCA_ERROR_INVALID_ARGUMENT,
                          "alpha %g is invalid; it must be finite and greater than 0",
@@ -312,7 +315,7 @@ static int reserve_host(void **array, size_t *capacity, size_t count, size_t siz
 {
     if (*capacity >= count && *array != NULL)
         return MCA_SUCCESS;
-    void *grown = realloc(*array, (count > 0 ? count : 1) * size);
+    void *grown = mca_realloc(*array, (count > 0 ? count : 1) * size);
     if (grown == NULL)
         return mca_error(MCA_ERROR_OUT_OF_HOST_MEMORY, "cannot allocate %zu bytes of host "
                          "scratch memory", count * size);
@@ -374,20 +377,42 @@ static int enqueue_rows(mca_attention_t *layer, cl_kernel kernel, const forward_
     return mca_launch(layer->context, kernel, 2, global, NULL);
 }
 
+/* A[b, h] = softmax(Q_h K_h^T / sqrt(d)) over the valid keys: the scores of every (b, h)
+ * come from one batched GEMM, then the softmax_rows kernel masks and normalizes them. */
 static int compute_probabilities(mca_attention_t *layer, const forward_shape_t *s,
                                  cl_mem projections, cl_mem lengths, cl_mem probabilities)
 {
-    cl_kernel kernel = NULL;
-    int status = mca_context_kernel(layer->context, "attention_probabilities", &kernel);
-    cl_uint batch = (cl_uint)s->batch, heads = (cl_uint)s->heads, tokens = (cl_uint)s->tokens;
-    cl_uint head_width = (cl_uint)s->head_width, ld = (cl_uint)s->proj_ld;
-    cl_uint key_offset = (cl_uint)s->hidden;
+    size_t count = s->batch * s->heads;
+    int status = reserve_host((void **)&layer->host.gemm_offsets,
+                              &layer->host.offsets_capacity, 3 * count, sizeof(size_t));
+    if (status != MCA_SUCCESS)
+        return status;
+    size_t *q_offsets = layer->host.gemm_offsets;
+    size_t *k_offsets = q_offsets + count;
+    size_t *s_offsets = k_offsets + count;
+    for (size_t b = 0; b < s->batch; b++) {
+        for (size_t h = 0; h < s->heads; h++) {
+            size_t bh = b * s->heads + h;
+            q_offsets[bh] = b * s->tokens * s->proj_ld + h * s->head_width;
+            k_offsets[bh] = q_offsets[bh] + s->hidden;
+            s_offsets[bh] = bh * s->tokens * s->tokens;
+        }
+    }
+    mca_matrix_t q = {projections, 0, s->proj_ld};
+    mca_matrix_t k = {projections, 0, s->proj_ld};
+    mca_matrix_t scores = {probabilities, 0, s->tokens};
     float scale = 1.0f / sqrtf((float)s->head_width);
+    status = mca_gemm_batched(layer->context, false, true, s->tokens, s->tokens,
+                              s->head_width, scale, q, q_offsets, k, k_offsets, 0.0f, scores,
+                              s_offsets, count);
+
+    cl_kernel kernel = NULL;
     if (status == MCA_SUCCESS)
-        status = mca_set_kernel_args(layer->context, kernel, 10, MCA_ARG(batch), MCA_ARG(heads),
-                                     MCA_ARG(tokens), MCA_ARG(head_width), MCA_ARG(ld),
-                                     MCA_ARG(key_offset), MCA_ARG(scale), MCA_ARG(lengths),
-                                     MCA_ARG(projections), MCA_ARG(probabilities));
+        status = mca_context_kernel(layer->context, "softmax_rows", &kernel);
+    cl_uint batch = (cl_uint)s->batch, heads = (cl_uint)s->heads, tokens = (cl_uint)s->tokens;
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(layer->context, kernel, 5, MCA_ARG(batch), MCA_ARG(heads),
+                                     MCA_ARG(tokens), MCA_ARG(lengths), MCA_ARG(probabilities));
     if (status == MCA_SUCCESS)
         status = enqueue_rows(layer, kernel, s);
     return status;
@@ -483,31 +508,133 @@ static int compute_error_bounds(mca_attention_t *layer, const forward_shape_t *s
     return status;
 }
 
-/* Host copies of the counts, for planning, and of the bounds when they were computed. */
-static int read_counts(mca_attention_t *layer, const forward_shape_t *s, bool with_bounds)
+/* Host copy of the counts, for planning. */
+static int read_counts(mca_attention_t *layer, const forward_shape_t *s)
 {
     mca_attention_host_t *host = &layer->host;
-    mca_attention_workspace_t *ws = &layer->workspace;
     size_t triples = s->batch * s->heads * s->tokens;
     int status = reserve_host((void **)&host->counts, &host->counts_capacity, triples,
                               sizeof(cl_uint));
     if (status == MCA_SUCCESS)
-        status = reserve_host((void **)&host->bounds, &host->bounds_capacity, triples,
+        status = mca_buffer_read(layer->context, layer->workspace.counts.buffer, 0,
+                                 triples * sizeof(cl_uint), host->counts);
+    return status;
+}
+
+/* Host copy of the error bounds, for the statistics. */
+static int read_bounds(mca_attention_t *layer, const forward_shape_t *s)
+{
+    mca_attention_host_t *host = &layer->host;
+    size_t triples = s->batch * s->heads * s->tokens;
+    int status = reserve_host((void **)&host->bounds, &host->bounds_capacity, triples,
                               sizeof(float));
     if (status == MCA_SUCCESS)
-        status = mca_buffer_read(layer->context, ws->counts.buffer, 0,
-                                 triples * sizeof(cl_uint), host->counts);
-    if (status == MCA_SUCCESS && with_bounds)
-        status = mca_buffer_read(layer->context, ws->bounds.buffer, 0,
+        status = mca_buffer_read(layer->context, layer->workspace.bounds.buffer, 0,
                                  triples * sizeof(float), host->bounds);
     return status;
 }
 
-/* Lists the (token, head) pairs to sample, and the exact (token, head) pairs grouped by
- * head: host->exact_rows[q] is the row and host->exact_heads[q] the head of exact pair q,
- * and head h owns entries exact_starts[h] .. exact_starts[h + 1] - 1. */
-static int plan_values(mca_attention_t *layer, const forward_shape_t *s, const int *lengths,
-                       size_t *pair_count, size_t *sample_total, size_t *exact_count)
+/* Marks an unused slot of the exact rows' table, padding a head's group. */
+#define NO_ROW 0xffffffffu
+
+/* With MCA_EXACT_WHOLE_ROWS, every row that has an exact head runs as a whole value row in
+ * one (rows, D, D) GEMM, if there are at most this many times as many such rows as the
+ * largest head's group has. Otherwise each head's group runs in a batched (rows, d, D)
+ * GEMM. NOTE: 2 comes from mca-tune's timings on PoCL 3.1 (2-core AMD EPYC), where the
+ * batched GEMM with n = d = 64 ran at 7.5 GFLOP/s and the (512, 768, 768) one at 17.7,
+ * because CLBlast's tuned Xgemm pads n to its 128-wide tiles. Other devices may differ. */
+#define WHOLE_ROWS_FACTOR 2
+
+/* How the exact (token, head) pairs are computed: `groups` groups of `rows_per_group` rows
+ * of the hidden states, each multiplied by `group_width` rows of W_V. Whole rows are one
+ * group of width D, and per-head groups are H groups of width d. */
+typedef struct exact_plan {
+    size_t groups;
+    size_t rows_per_group; /* 0 when no pair is exact */
+    size_t group_width;
+} exact_plan_t;
+
+/* Chooses how to compute the exact pairs and lists their rows in host->exact_rows: slot
+ * g * rows_per_group + i contains the i-th row of group g, and NO_ROW pads the groups of heads
+ * with fewer exact pairs. In whole-row mode the counts of every head of those rows are
+ * raised to D, so that the statistics, the error bounds and the sampling see them as
+ * exact; *counts_raised says whether that happened. */
+static int plan_exact_values(mca_attention_t *layer, const mca_forward_options_t *options,
+                             const forward_shape_t *s, const int *lengths, exact_plan_t *plan,
+                             bool *counts_raised)
+{
+    mca_attention_host_t *host = &layer->host;
+    size_t largest_group = 0, rows_with_exact = 0;
+    for (size_t h = 0; h < s->heads; h++) {
+        size_t group = 0;
+        for (size_t b = 0; b < s->batch; b++) {
+            const cl_uint *counts = host->counts + (b * s->heads + h) * s->tokens;
+            for (size_t j = 0; j < (size_t)lengths[b]; j++)
+                group += counts[j] >= s->hidden;
+        }
+        largest_group = group > largest_group ? group : largest_group;
+    }
+    for (size_t b = 0; b < s->batch; b++) {
+        for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+            for (size_t h = 0; h < s->heads; h++) {
+                if (host->counts[(b * s->heads + h) * s->tokens + j] >= s->hidden) {
+                    rows_with_exact++;
+                    break;
+                }
+            }
+        }
+    }
+
+    bool whole_rows = options->exact_rows == MCA_EXACT_WHOLE_ROWS &&
+                      rows_with_exact <= WHOLE_ROWS_FACTOR * largest_group;
+    *plan = whole_rows ? (exact_plan_t){1, rows_with_exact, s->hidden}
+                       : (exact_plan_t){s->heads, largest_group, s->head_width};
+    *counts_raised = false;
+    int status = reserve_host((void **)&host->exact_rows, &host->rows_capacity,
+                              plan->groups * plan->rows_per_group, sizeof(cl_uint));
+    if (status != MCA_SUCCESS)
+        return status;
+
+    if (whole_rows) {
+        size_t filled = 0;
+        for (size_t b = 0; b < s->batch; b++) {
+            for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+                bool exact = false;
+                for (size_t h = 0; h < s->heads; h++)
+                    exact = exact || host->counts[(b * s->heads + h) * s->tokens + j] >=
+                                         s->hidden;
+                if (!exact)
+                    continue;
+                host->exact_rows[filled++] = (cl_uint)(b * s->tokens + j);
+                for (size_t h = 0; h < s->heads; h++) {
+                    cl_uint *count = &host->counts[(b * s->heads + h) * s->tokens + j];
+                    *counts_raised = *counts_raised || *count < s->hidden;
+                    *count = (cl_uint)s->hidden;
+                }
+            }
+        }
+        return MCA_SUCCESS;
+    }
+
+    for (size_t h = 0; h < s->heads; h++) {
+        cl_uint *group = host->exact_rows + h * largest_group;
+        size_t filled = 0;
+        for (size_t b = 0; b < s->batch; b++) {
+            const cl_uint *counts = host->counts + (b * s->heads + h) * s->tokens;
+            for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+                if (counts[j] >= s->hidden)
+                    group[filled++] = (cl_uint)(b * s->tokens + j);
+            }
+        }
+        while (filled < largest_group)
+            group[filled++] = NO_ROW;
+    }
+    return MCA_SUCCESS;
+}
+
+/* Lists the (token, head) pairs to sample, those with 0 < r < D after plan_exact_values. */
+static int plan_sampled_values(mca_attention_t *layer, const forward_shape_t *s,
+                               const int *lengths, size_t *pair_count, size_t *sample_total)
 {
     mca_attention_host_t *host = &layer->host;
     size_t triples = s->batch * s->heads * s->tokens;
@@ -516,15 +643,8 @@ static int plan_values(mca_attention_t *layer, const forward_shape_t *s, const i
     if (status == MCA_SUCCESS)
         status = reserve_host((void **)&host->distinct, &host->distinct_capacity, triples,
                               sizeof(cl_uint));
-    if (status == MCA_SUCCESS)
-        status = reserve_host((void **)&host->exact_rows, &host->rows_capacity, 2 * triples,
-                              sizeof(cl_uint));
-    if (status == MCA_SUCCESS)
-        status = reserve_host((void **)&host->exact_starts, &host->starts_capacity,
-                              s->heads + 1, sizeof(size_t));
     if (status != MCA_SUCCESS)
         return status;
-    host->exact_heads = host->exact_rows + triples;
 
     size_t pairs = 0, samples = 0;
     for (size_t b = 0; b < s->batch; b++) {
@@ -542,93 +662,85 @@ static int plan_values(mca_attention_t *layer, const forward_shape_t *s, const i
             }
         }
     }
-
-    size_t exact = 0;
-    for (size_t h = 0; h < s->heads; h++) {
-        host->exact_starts[h] = exact;
-        for (size_t b = 0; b < s->batch; b++) {
-            const cl_uint *counts = host->counts + (b * s->heads + h) * s->tokens;
-            for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-                if (counts[j] < s->hidden)
-                    continue;
-                host->exact_rows[exact] = (cl_uint)(b * s->tokens + j);
-                host->exact_heads[exact] = (cl_uint)h;
-                exact++;
-            }
-        }
-    }
-    host->exact_starts[s->heads] = exact;
     *pair_count = pairs;
     *sample_total = samples;
-    *exact_count = exact;
     return MCA_SUCCESS;
 }
 
-/* Value rows of the exact (token, head) pairs: gather their hidden states, one GEMM per head
- * against that head's d rows of W_V, then scatter with the bias added. */
+/* Value rows of the exact (token, head) pairs as `plan` groups them: gather their hidden
+ * states (zero rows pad the smaller groups), multiply each group by its rows of W_V, then
+ * scatter with the bias added. Per-head groups run as one batched GEMM rather than one GEMM
+ * per head, because each CLBlast call costs about 2 ms on PoCL, whatever its size. */
 static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s,
-                                size_t exact_count, cl_mem hidden, cl_mem projections)
+                                const exact_plan_t *plan, cl_mem hidden, cl_mem projections)
 {
-    if (exact_count == 0)
+    if (plan->rows_per_group == 0)
         return MCA_SUCCESS;
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
-    const mca_attention_host_t *host = &layer->host;
-    int status = reserve(layer, &ws->exact_rows, exact_count * sizeof(cl_uint), "exact rows");
+    mca_attention_host_t *host = &layer->host;
+    size_t slots = plan->groups * plan->rows_per_group;
+    int status = reserve(layer, &ws->exact_rows, slots * sizeof(cl_uint), "exact rows");
     if (status == MCA_SUCCESS)
-        status = reserve(layer, &ws->exact_heads, exact_count * sizeof(cl_uint), "exact heads");
-    if (status == MCA_SUCCESS)
-        status = reserve(layer, &ws->exact_hidden, exact_count * s->hidden * sizeof(float),
+        status = reserve(layer, &ws->exact_hidden, slots * s->hidden * sizeof(float),
                          "exact hidden rows");
     if (status == MCA_SUCCESS)
-        status = reserve(layer, &ws->exact_values, exact_count * s->head_width * sizeof(float),
+        status = reserve(layer, &ws->exact_values, slots * plan->group_width * sizeof(float),
                          "exact value rows");
     if (status == MCA_SUCCESS)
-        status = mca_buffer_write(context, ws->exact_rows.buffer, 0,
-                                  exact_count * sizeof(cl_uint), host->exact_rows);
+        status = reserve_host((void **)&host->gemm_offsets, &host->offsets_capacity,
+                              3 * plan->groups, sizeof(size_t));
     if (status == MCA_SUCCESS)
-        status = mca_buffer_write(context, ws->exact_heads.buffer, 0,
-                                  exact_count * sizeof(cl_uint), host->exact_heads);
+        status = mca_buffer_write(context, ws->exact_rows.buffer, 0, slots * sizeof(cl_uint),
+                                  host->exact_rows);
     if (status != MCA_SUCCESS)
         return status;
 
     cl_kernel gather = NULL;
-    cl_uint count = (cl_uint)exact_count, width = (cl_uint)s->hidden;
+    cl_uint count = (cl_uint)slots, width = (cl_uint)s->hidden;
     status = mca_context_kernel(context, "gather_rows", &gather);
     if (status == MCA_SUCCESS)
         status = mca_set_kernel_args(context, gather, 5, MCA_ARG(count), MCA_ARG(width),
                                      MCA_ARG(ws->exact_rows.buffer), MCA_ARG(hidden),
                                      MCA_ARG(ws->exact_hidden.buffer));
-    size_t gather_global[2] = {s->hidden, exact_count};
+    size_t gather_global[2] = {s->hidden, slots};
     if (status == MCA_SUCCESS)
         status = mca_launch(context, gather, 2, gather_global, NULL);
 
-    for (size_t h = 0; h < s->heads && status == MCA_SUCCESS; h++) {
-        size_t first = host->exact_starts[h], rows = host->exact_starts[h + 1] - first;
-        if (rows == 0)
-            continue;
-        mca_matrix_t x = {ws->exact_hidden.buffer, first * s->hidden, s->hidden};
-        mca_matrix_t w = {layer->projection_weight, (2 * s->hidden + h * s->head_width) *
-                                                        s->hidden,
-                          s->hidden};
-        mca_matrix_t v = {ws->exact_values.buffer, first * s->head_width, s->head_width};
-        status = mca_gemm(context, false, true, rows, s->head_width, s->hidden, 1.0f, x, w,
-                          0.0f, v);
+    /* Group g multiplies by rows g * group_width .. of W_V, the last third of the stacked
+     * projection weight. */
+    size_t *a_offsets = host->gemm_offsets;
+    size_t *b_offsets = a_offsets + plan->groups;
+    size_t *c_offsets = b_offsets + plan->groups;
+    for (size_t g = 0; g < plan->groups; g++) {
+        a_offsets[g] = g * plan->rows_per_group * s->hidden;
+        b_offsets[g] = (2 * s->hidden + g * plan->group_width) * s->hidden;
+        c_offsets[g] = g * plan->rows_per_group * plan->group_width;
     }
+    mca_matrix_t x = {ws->exact_hidden.buffer, 0, s->hidden};
+    mca_matrix_t w = {layer->projection_weight, b_offsets[0], s->hidden};
+    mca_matrix_t v = {ws->exact_values.buffer, 0, plan->group_width};
+    if (status == MCA_SUCCESS && plan->groups == 1)
+        status = mca_gemm(context, false, true, plan->rows_per_group, plan->group_width,
+                          s->hidden, 1.0f, x, w, 0.0f, v);
+    else if (status == MCA_SUCCESS)
+        status = mca_gemm_batched(context, false, true, plan->rows_per_group, plan->group_width,
+                                  s->hidden, 1.0f, x, a_offsets, w, b_offsets, 0.0f, v,
+                                  c_offsets, plan->groups);
 
     cl_kernel scatter = NULL;
     if (status == MCA_SUCCESS)
         status = mca_context_kernel(context, "scatter_exact_values", &scatter);
-    cl_uint head_width = (cl_uint)s->head_width;
+    cl_uint rows_per_group = (cl_uint)plan->rows_per_group;
+    cl_uint group_width = (cl_uint)plan->group_width;
     cl_uint ld = (cl_uint)s->proj_ld, value_offset = (cl_uint)(2 * s->hidden);
     if (status == MCA_SUCCESS)
-        status = mca_set_kernel_args(context, scatter, 9, MCA_ARG(count), MCA_ARG(head_width),
-                                     MCA_ARG(ld), MCA_ARG(value_offset),
-                                     MCA_ARG(ws->exact_rows.buffer),
-                                     MCA_ARG(ws->exact_heads.buffer),
+        status = mca_set_kernel_args(context, scatter, 9, MCA_ARG(count),
+                                     MCA_ARG(rows_per_group), MCA_ARG(group_width), MCA_ARG(ld),
+                                     MCA_ARG(value_offset), MCA_ARG(ws->exact_rows.buffer),
                                      MCA_ARG(ws->exact_values.buffer),
                                      MCA_ARG(layer->value_bias), MCA_ARG(projections));
-    size_t scatter_global[2] = {s->head_width, exact_count};
+    size_t scatter_global[2] = {plan->group_width, slots};
     if (status == MCA_SUCCESS)
         status = mca_launch(context, scatter, 2, scatter_global, NULL);
     return status;
@@ -787,10 +899,31 @@ static int compute_mca_values(mca_attention_t *layer, const mca_forward_options_
 {
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
-    size_t sample_total = 0, exact_count = 0;
-    int status = MCA_SUCCESS;
+    size_t sample_total = 0;
+    exact_plan_t plan = {0, 0, 0};
+    bool counts_raised = false;
 
-    if (with_statistics) {
+    int status = mark_stage(layer, MCA_STAGE_PLANNING, 0);
+    if (status == MCA_SUCCESS)
+        status = read_counts(layer, s);
+    if (status == MCA_SUCCESS)
+        status = plan_exact_values(layer, options, s, valid_lengths, &plan, &counts_raised);
+    if (status == MCA_SUCCESS)
+        status = plan_sampled_values(layer, s, valid_lengths, pair_count, &sample_total);
+    if (status == MCA_SUCCESS && sample_total >= MAX_ELEMENTS)
+        status = mca_context_error(context, MCA_ERROR_INPUT_TOO_LONG,
+                                   "%zu samples exceed 32-bit kernel indexing; split the batch "
+                                   "or raise alpha",
+                                   sample_total);
+    /* The error bounds read the counts on the device. */
+    if (status == MCA_SUCCESS && counts_raised && with_statistics)
+        status = mca_buffer_write(context, ws->counts.buffer, 0,
+                                  s->batch * s->heads * s->tokens * sizeof(cl_uint),
+                                  layer->host.counts);
+    if (status == MCA_SUCCESS)
+        status = mark_stage(layer, MCA_STAGE_PLANNING, 1);
+
+    if (status == MCA_SUCCESS && with_statistics) {
         status = mark_stage(layer, MCA_STAGE_STATISTICS, 0);
         if (status == MCA_SUCCESS)
             status = compute_error_bounds(layer, s, hidden, ws->lengths.buffer,
@@ -800,31 +933,19 @@ static int compute_mca_values(mca_attention_t *layer, const mca_forward_options_
     }
 
     if (status == MCA_SUCCESS)
-        status = mark_stage(layer, MCA_STAGE_PLANNING, 0);
-    if (status == MCA_SUCCESS)
-        status = read_counts(layer, s, with_statistics);
-    if (status == MCA_SUCCESS)
-        status = plan_values(layer, s, valid_lengths, pair_count, &sample_total, &exact_count);
-    if (status == MCA_SUCCESS && sample_total >= MAX_ELEMENTS)
-        status = mca_context_error(context, MCA_ERROR_INPUT_TOO_LONG,
-                                   "%zu samples exceed 32-bit kernel indexing; split the batch "
-                                   "or raise alpha",
-                                   sample_total);
-    if (status == MCA_SUCCESS)
-        status = mark_stage(layer, MCA_STAGE_PLANNING, 1);
-
-    if (status == MCA_SUCCESS)
         status = mark_stage(layer, MCA_STAGE_EXACT_VALUES, 0);
     if (status == MCA_SUCCESS)
         status = zero_padded_values(layer, s, ws->projections.buffer, ws->lengths.buffer);
     if (status == MCA_SUCCESS)
-        status = compute_exact_values(layer, s, exact_count, hidden, ws->projections.buffer);
+        status = compute_exact_values(layer, s, &plan, hidden, ws->projections.buffer);
     if (status == MCA_SUCCESS)
         status = mark_stage(layer, MCA_STAGE_EXACT_VALUES, 1);
 
     if (status == MCA_SUCCESS)
         status = compute_sampled_values(layer, options, s, *pair_count, sample_total, hidden,
                                         ws->projections.buffer);
+    if (status == MCA_SUCCESS && with_statistics)
+        status = read_bounds(layer, s);
     return status;
 }
 
@@ -941,6 +1062,26 @@ mca_status_t mca_attention_forward_buffers(mca_attention_t *attention,
     return forward_on_device(attention, options, &s, valid_lengths, hidden, context, stats);
 }
 
+/* Rejects a non-finite value in a valid row of host hidden states. Padded rows may hold
+ * anything. The scan reads batch * tokens * D floats, little next to the projections. */
+static int check_hidden_finite(const mca_attention_t *layer, int batch, int tokens,
+                               const int *valid_lengths, const float *hidden)
+{
+    size_t width = (size_t)layer->hidden_size;
+    for (int b = 0; b < batch; b++) {
+        const float *rows = hidden + (size_t)b * (size_t)tokens * width;
+        size_t count = (size_t)valid_lengths[b] * width;
+        for (size_t i = 0; i < count; i++) {
+            if (!isfinite(rows[i]))
+                return mca_error(MCA_ERROR_INVALID_ARGUMENT,
+                                 "hidden[%d][%zu][%zu] is %g; hidden states of valid tokens "
+                                 "must be finite, so fix the input or count the row as padding",
+                                 b, i / width, i % width, (double)rows[i]);
+        }
+    }
+    return MCA_SUCCESS;
+}
+
 mca_status_t mca_attention_forward(mca_attention_t *attention, const mca_forward_options_t *options,
                                    int batch, int tokens, const int *valid_lengths,
                                    const float *hidden, float *context, mca_forward_stats_t *stats)
@@ -950,6 +1091,8 @@ mca_status_t mca_attention_forward(mca_attention_t *attention, const mca_forward
         return mca_error(MCA_ERROR_INVALID_ARGUMENT,
                          "forward: attention, hidden and context must not be NULL");
     int status = validate_forward(attention, options, batch, tokens, valid_lengths);
+    if (status == MCA_SUCCESS)
+        status = check_hidden_finite(attention, batch, tokens, valid_lengths, hidden);
     if (status != MCA_SUCCESS)
         return mca_context_error(attention->context, status, "%s", mca_last_error());
     forward_shape_t s = make_shape(attention, batch, tokens);

@@ -24,10 +24,9 @@ typedef struct mca_attention_workspace {
     mca_workspace_buffer_t columns;       /* (samples) uint */
     mca_workspace_buffer_t weights;       /* (samples) float */
     mca_workspace_buffer_t distinct;      /* (pairs) uint */
-    mca_workspace_buffer_t exact_rows;    /* (m) uint, rows of the exact (token, head) pairs */
-    mca_workspace_buffer_t exact_heads;   /* (m) uint, their heads */
-    mca_workspace_buffer_t exact_hidden;  /* (m, D) */
-    mca_workspace_buffer_t exact_values;  /* (m, d) */
+    mca_workspace_buffer_t exact_rows;    /* (H * m) uint, rows of the exact pairs by head */
+    mca_workspace_buffer_t exact_hidden;  /* (H * m, D) */
+    mca_workspace_buffer_t exact_values;  /* (H * m, d) */
 } mca_attention_workspace_t;
 
 /* Host copies of per-forward data, grown like the device workspace. */
@@ -36,12 +35,10 @@ typedef struct mca_attention_host {
     float *bounds;
     cl_uint *pairs; /* 4 entries per pair */
     cl_uint *distinct;
-    cl_uint *exact_rows;   /* rows, then heads (exact_heads) of the exact pairs */
-    cl_uint *exact_heads;  /* points into exact_rows' allocation */
-    size_t *exact_starts;  /* (H + 1): head h owns exact pairs exact_starts[h] .. [h + 1] */
+    cl_uint *exact_rows;   /* (H * m): head h's exact rows in slots h * m .. h * m + m - 1 */
     size_t *gemm_offsets;  /* 3 * B * H */
     size_t counts_capacity, bounds_capacity, pairs_capacity, distinct_capacity;
-    size_t rows_capacity, starts_capacity, offsets_capacity;
+    size_t rows_capacity, offsets_capacity;
 } mca_attention_host_t;
 
 /* Stages of a forward pass, timed with OpenCL markers when a layer's `profile` is set.

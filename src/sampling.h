@@ -16,6 +16,8 @@ typedef struct mca_sampling_tables {
     cl_mem probabilities; /* p[h,k] = s[h,k] / ||W_h||_F^2 */
     cl_mem cdf;           /* inclusive prefix sum of p[h,:], last entries exactly 1 */
     cl_mem head_norms;    /* ||W_h||_F */
+    cl_mem guide;         /* (heads, guide_size) uint: where the CDF search for u starts */
+    int guide_size;       /* smallest power of two >= hidden_size */
 } mca_sampling_tables_t;
 
 /* Computes the tables of the (D, D) weight in (out, in) layout that starts at element
@@ -45,7 +47,7 @@ typedef struct mca_draw_request {
     cl_mem distinct;
 } mca_draw_request_t;
 
-/* Draws, sorts and merges the column indices of every pair (kernel sample_columns). */
+/* Draws, counts and lists the column indices of every pair (kernel sample_columns). */
 int mca_sampling_draw(mca_context_t *context, const mca_sampling_tables_t *tables,
                       const mca_draw_request_t *request);
 

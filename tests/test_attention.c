@@ -300,6 +300,72 @@ static void full_samples_take_exact_path(void **state)
     assert_true(stats.error_bound_max == 0.0);
 }
 
+/* MCA_EXACT_WHOLE_ROWS computes every head of a token exactly once one head of it reaches
+ * r = D, or falls back to per-pair exact rows; it never makes fewer pairs exact, and when
+ * it makes every pair exact the output is the exact one. */
+static void whole_rows_make_tokens_exact(void **state)
+{
+    (void)state;
+    test_weights_t t;
+    test_weights_random(&t, 48, 3, 51, 0.25f);
+    const int D = 48, heads = 3, tokens = 10, valid = 10 + 4;
+    const int lengths[] = {10, 4};
+    size_t count = 2 * (size_t)tokens * D;
+    float *hidden = malloc(count * sizeof *hidden);
+    float *exact = malloc(count * sizeof *exact);
+    float *approximate = malloc(count * sizeof *approximate);
+    test_rng_t rng = {52};
+    test_fill(&rng, hidden, count, 1.0f);
+
+    mca_attention_t *layer = NULL;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_SUCCESS);
+    mca_forward_options_t options;
+    mca_forward_options_init(&options);
+    run_t run = {2, tokens, lengths, hidden, exact};
+    assert_int_equal(forward(layer, &options, &run, NULL), MCA_SUCCESS);
+    run.output = approximate;
+    options.mode = MCA_MODE_MCA;
+
+    const float alphas[] = {1e-6f, 0.05f, 0.1f, 0.2f, 0.35f, 0.5f, 0.8f, 1.5f};
+    int raised = 0;
+    for (size_t a = 0; a < sizeof alphas / sizeof *alphas; a++) {
+        options.alpha = alphas[a];
+        mca_forward_stats_t pairs, rows;
+        mca_forward_stats_reset(&pairs);
+        mca_forward_stats_reset(&rows);
+        options.exact_rows = MCA_EXACT_PAIRS;
+        assert_int_equal(forward(layer, &options, &run, &pairs), MCA_SUCCESS);
+        options.exact_rows = MCA_EXACT_WHOLE_ROWS;
+        assert_int_equal(forward(layer, &options, &run, &rows), MCA_SUCCESS);
+
+        uint64_t exact_pairs = pairs.histogram[MCA_HISTOGRAM_BINS - 1];
+        uint64_t exact_rows = rows.histogram[MCA_HISTOGRAM_BINS - 1];
+        assert_true(exact_rows >= exact_pairs);
+        assert_true(rows.flops_fraction >= pairs.flops_fraction - 1e-12);
+        assert_true(rows.error_bound_sum <= pairs.error_bound_sum * (1.0 + 1e-6));
+        if (exact_rows > exact_pairs) {
+            /* Whole rows were chosen: exact pairs come in whole tokens. */
+            assert_int_equal(exact_rows % heads, 0);
+            raised++;
+        }
+        if (exact_rows == (uint64_t)valid * heads) {
+            for (int b = 0; b < 2; b++) {
+                size_t offset = (size_t)b * tokens * D;
+                assert_true(max_difference(approximate + offset, exact + offset,
+                                           (size_t)lengths[b] * D) < 1e-5);
+            }
+        }
+    }
+    /* The alphas above mix exact and sampled pairs, so whole rows must matter for one. */
+    assert_true(raised > 0);
+
+    mca_attention_destroy(layer);
+    free(t.storage);
+    free(hidden);
+    free(exact);
+    free(approximate);
+}
+
 static void min_samples_of_d_is_exact(void **state)
 {
     (void)state;
@@ -407,6 +473,34 @@ static void forward_on_device_buffers(void **state)
     assert_int_equal(mca_attention_forward_buffers(layer, &options, 2, 7, (int[]){7, 7}, in, out,
                                                    NULL),
                      MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "batch 2 x 7 tokens"));
+
+    /* Rejected calls leave the output buffer as the last successful call wrote it. */
+    mca_forward_options_t invalid = options;
+    invalid.alpha = -1.0f;
+    assert_int_equal(mca_attention_forward_buffers(layer, &invalid, 1, 7, lengths, in, out, NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "alpha -1"));
+    assert_int_equal(mca_attention_forward_buffers(NULL, &options, 1, 7, lengths, in, out, NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_int_equal(mca_attention_forward_buffers(layer, NULL, 1, 7, lengths, in, out, NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_int_equal(mca_attention_forward_buffers(layer, &options, 1, 7, NULL, in, out, NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_int_equal(mca_attention_forward_buffers(layer, &options, 1, 7, lengths, NULL, out,
+                                                   NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_int_equal(mca_attention_forward_buffers(layer, &options, 1, 7, lengths, in, NULL,
+                                                   NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    float *after = malloc(count * sizeof *after);
+    assert_non_null(after);
+    assert_int_equal(clEnqueueReadBuffer(mca_context_queue(context), out, CL_TRUE, 0,
+                                         count * sizeof(float), after, 0, NULL, NULL),
+                     CL_SUCCESS);
+    assert_memory_equal(after, from_device, count * sizeof(float));
+    free(after);
+
     clReleaseMemObject(in);
     clReleaseMemObject(out);
     mca_attention_destroy(layer);
@@ -414,6 +508,245 @@ static void forward_on_device_buffers(void **state)
     free(hidden);
     free(from_host);
     free(from_device);
+}
+
+/* A sequence of valid length 0 gives zero output rows, never NaN, and leaves the other
+ * sequences as they are when run alone. Its positions count as padding in the statistics. */
+static void check_zero_length_sequences(mca_mode_t mode)
+{
+    test_weights_t t;
+    test_weights_random(&t, 32, 2, 101, 0.2f);
+    const int D = 32, tokens = 5;
+    const int lengths[] = {0, 5, 0};
+    size_t count = 3 * (size_t)tokens * D, row_block = (size_t)tokens * D;
+    float *hidden = malloc(count * sizeof *hidden);
+    float *batched = malloc(count * sizeof *batched);
+    float *single = malloc(row_block * sizeof *single);
+    test_rng_t rng = {102};
+    test_fill(&rng, hidden, count, 1.0f);
+
+    mca_attention_t *layer = NULL;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_SUCCESS);
+    mca_forward_options_t options;
+    mca_forward_options_init(&options);
+    options.mode = mode;
+    /* alpha this large gives every valid token one sample, whatever rounding does to the
+     * probabilities, so the batched and single runs draw the same columns. */
+    options.alpha = 1e9f;
+    options.seed = 5;
+    mca_forward_stats_t stats;
+    mca_forward_stats_reset(&stats);
+    run_t run = {3, tokens, lengths, hidden, batched};
+    assert_int_equal(forward(layer, &options, &run, &stats), MCA_SUCCESS);
+
+    for (int b = 0; b < 3; b += 2)
+        for (size_t i = 0; i < row_block; i++)
+            assert_true(batched[(size_t)b * row_block + i] == 0.0f);
+    assert_int_equal(stats.valid_tokens, 5);
+    assert_int_equal(stats.padded_positions, 15);
+    assert_true(stats.exact_value_flops == 2.0 * 5 * D * D);
+    if (mode == MCA_MODE_MCA) {
+        assert_int_equal(stats.samples_drawn, 5 * 2);
+        assert_int_equal(stats.error_bound_rows, 5 * 2);
+    }
+
+    /* Sequence 1 of the batch draws from sequence number 1. */
+    options.first_sequence = 1;
+    run_t one = {1, tokens, &lengths[1], hidden + row_block, single};
+    assert_int_equal(forward(layer, &options, &one, NULL), MCA_SUCCESS);
+    /* GEMM blocking differs with the row count, so results agree to float rounding. */
+    assert_true(max_difference(batched + row_block, single, row_block) < 1e-4);
+
+    /* A batch with no valid token at all. */
+    const int empty[] = {0, 0};
+    run_t none = {2, tokens, empty, hidden, batched};
+    assert_int_equal(forward(layer, &options, &none, NULL), MCA_SUCCESS);
+    for (size_t i = 0; i < 2 * row_block; i++)
+        assert_true(batched[i] == 0.0f);
+
+    mca_attention_destroy(layer);
+    free(t.storage);
+    free(hidden);
+    free(batched);
+    free(single);
+}
+
+static void zero_length_sequences_exact(void **state)
+{
+    (void)state;
+    check_zero_length_sequences(MCA_MODE_EXACT);
+}
+
+static void zero_length_sequences_mca(void **state)
+{
+    (void)state;
+    check_zero_length_sequences(MCA_MODE_MCA);
+}
+
+/* The host forward rejects a NaN or infinity in a valid row, names its index and writes
+ * nothing. Padded rows may hold NaN. */
+static void non_finite_hidden_rejected(void **state)
+{
+    (void)state;
+    test_weights_t t;
+    test_weights_random(&t, 32, 2, 111, 0.2f);
+    mca_attention_t *layer = NULL;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_SUCCESS);
+    const int D = 32, tokens = 4;
+    const int lengths[] = {4, 2};
+    float hidden[2 * 4 * 32], output[2 * 4 * 32], untouched[2 * 4 * 32];
+    test_rng_t rng = {112};
+    test_fill(&rng, hidden, sizeof hidden / sizeof *hidden, 1.0f);
+    memset(output, 0x7f, sizeof output);
+    memcpy(untouched, output, sizeof output);
+
+    const struct {
+        int b, i, k;
+        float value;
+        mca_mode_t mode;
+        const char *index;
+    } cases[] = {
+        {1, 1, 5, NAN, MCA_MODE_EXACT, "hidden[1][1][5] is nan"},
+        {0, 3, 31, INFINITY, MCA_MODE_EXACT, "hidden[0][3][31] is inf"},
+        {1, 0, 0, -INFINITY, MCA_MODE_MCA, "hidden[1][0][0] is -inf"},
+    };
+    mca_forward_options_t options;
+    mca_forward_options_init(&options);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        float *slot = &hidden[((size_t)cases[c].b * tokens + cases[c].i) * D + cases[c].k];
+        float saved = *slot;
+        *slot = cases[c].value;
+        options.mode = cases[c].mode;
+        assert_int_equal(mca_attention_forward(layer, &options, 2, tokens, lengths, hidden,
+                                               output, NULL),
+                         MCA_ERROR_INVALID_ARGUMENT);
+        if (strstr(mca_last_error(), cases[c].index) == NULL)
+            fail_msg("message \"%s\" does not name %s", mca_last_error(), cases[c].index);
+        assert_memory_equal(output, untouched, sizeof output);
+        *slot = saved;
+    }
+
+    /* Row 2 of sequence 1 is padding, so NaN there is accepted. */
+    hidden[((size_t)1 * tokens + 2) * D + 3] = NAN;
+    options.mode = MCA_MODE_EXACT;
+    assert_int_equal(mca_attention_forward(layer, &options, 2, tokens, lengths, hidden, output,
+                                           NULL),
+                     MCA_SUCCESS);
+    assert_string_equal(mca_last_error(), "");
+
+    mca_attention_destroy(layer);
+    free(t.storage);
+}
+
+/* mca_attention_forward_buffers does not check the values on the device: a NaN in a valid
+ * row of sequence 0 makes every valid output row of sequence 0 NaN and leaves sequence 1
+ * unchanged. */
+static void check_non_finite_hidden_on_device(mca_mode_t mode)
+{
+    test_weights_t t;
+    test_weights_random(&t, 32, 2, 121, 0.2f);
+    mca_attention_t *layer = NULL;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_SUCCESS);
+    const int D = 32, tokens = 4;
+    const int lengths[] = {4, 3};
+    const size_t count = 2 * 4 * 32, row_block = 4 * 32;
+    float hidden[2 * 4 * 32], clean[2 * 4 * 32], poisoned[2 * 4 * 32];
+    test_rng_t rng = {122};
+    test_fill(&rng, hidden, count, 1.0f);
+
+    cl_command_queue queue = mca_context_queue(context);
+    cl_context cl = NULL;
+    assert_int_equal(clGetCommandQueueInfo(queue, CL_QUEUE_CONTEXT, sizeof cl, &cl, NULL),
+                     CL_SUCCESS);
+    cl_int code = CL_SUCCESS;
+    cl_mem in = clCreateBuffer(cl, CL_MEM_READ_WRITE, sizeof hidden, NULL, &code);
+    assert_int_equal(code, CL_SUCCESS);
+    cl_mem out = clCreateBuffer(cl, CL_MEM_READ_WRITE, sizeof hidden, NULL, &code);
+    assert_int_equal(code, CL_SUCCESS);
+
+    mca_forward_options_t options;
+    mca_forward_options_init(&options);
+    options.mode = mode;
+    options.alpha = 0.1f;
+    options.seed = 9;
+    float *results[2] = {clean, poisoned};
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            hidden[(size_t)2 * D + 7] = NAN; /* sequence 0, token 2, feature 7 */
+        assert_int_equal(clEnqueueWriteBuffer(queue, in, CL_TRUE, 0, sizeof hidden, hidden, 0,
+                                              NULL, NULL),
+                         CL_SUCCESS);
+        assert_int_equal(mca_attention_forward_buffers(layer, &options, 2, tokens, lengths, in,
+                                                       out, NULL),
+                         MCA_SUCCESS);
+        assert_int_equal(clEnqueueReadBuffer(queue, out, CL_TRUE, 0, sizeof hidden,
+                                             results[pass], 0, NULL, NULL),
+                         CL_SUCCESS);
+    }
+
+    for (size_t i = 0; i < (size_t)lengths[0] * D; i++)
+        assert_true(isnan(poisoned[i]));
+    for (size_t i = (size_t)lengths[0] * D; i < row_block; i++)
+        assert_true(poisoned[i] == 0.0f);
+    for (size_t i = 0; i < (size_t)lengths[1] * D; i++)
+        assert_true(isfinite(poisoned[row_block + i]));
+    /* Exact values are computed row by row, so sequence 1 is bit-identical. In MCA mode the
+     * exact rows of all sequences share GEMMs whose shape follows the sample counts, which
+     * the NaN changes. */
+    if (mode == MCA_MODE_EXACT)
+        assert_memory_equal(poisoned + row_block, clean + row_block, row_block * sizeof(float));
+    else
+        assert_true(max_difference(poisoned + row_block, clean + row_block, row_block) < 1e-5);
+
+    clReleaseMemObject(in);
+    clReleaseMemObject(out);
+    mca_attention_destroy(layer);
+    free(t.storage);
+}
+
+static void non_finite_hidden_on_device_exact(void **state)
+{
+    (void)state;
+    check_non_finite_hidden_on_device(MCA_MODE_EXACT);
+}
+
+static void non_finite_hidden_on_device_mca(void **state)
+{
+    (void)state;
+    check_non_finite_hidden_on_device(MCA_MODE_MCA);
+}
+
+/* A (tokens x tokens) probability matrix past 2^31 elements is rejected before any work. */
+static void oversized_batch_rejected(void **state)
+{
+    (void)state;
+    test_weights_t t;
+    test_weights_random(&t, 32, 2, 131, 0.2f);
+    mca_attention_t *layer = NULL;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_SUCCESS);
+    const int tokens = 46341; /* 46341^2 > 2^31 */
+    const int lengths[] = {tokens};
+    size_t count = (size_t)tokens * 32;
+    float *hidden = calloc(count, sizeof *hidden);
+    float *output = malloc(count * sizeof *output);
+    assert_non_null(hidden);
+    assert_non_null(output);
+    memset(output, 0x7f, count * sizeof *output);
+
+    mca_forward_options_t options;
+    mca_forward_options_init(&options);
+    assert_int_equal(mca_attention_forward(layer, &options, 1, tokens, lengths, hidden, output,
+                                           NULL),
+                     MCA_ERROR_INPUT_TOO_LONG);
+    assert_non_null(strstr(mca_last_error(), "46341 tokens"));
+    assert_non_null(strstr(mca_last_error(), "split the batch"));
+    for (size_t i = 0; i < count; i++)
+        assert_true(output[i] != 0.0f);
+
+    mca_attention_destroy(layer);
+    free(t.storage);
+    free(hidden);
+    free(output);
 }
 
 /* Each invalid option or argument returns its status and a message naming the value. */
@@ -424,8 +757,9 @@ static void invalid_forward_arguments(void **state)
     test_weights_random(&t, 32, 2, 81, 0.2f);
     mca_attention_t *layer = NULL;
     assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_SUCCESS);
-    float hidden[2 * 4 * 32] = {0}, output[2 * 4 * 32];
+    float hidden[2 * 4 * 32] = {0}, output[2 * 4 * 32], untouched[2 * 4 * 32];
     memset(output, 0x7f, sizeof output);
+    memcpy(untouched, output, sizeof output);
     const int lengths[] = {4, 3};
     mca_forward_options_t options;
     mca_forward_options_init(&options);
@@ -445,7 +779,23 @@ static void invalid_forward_arguments(void **state)
     assert_int_equal(mca_attention_forward(layer, &options, 2, 4, lengths, hidden, output, NULL),
                      MCA_ERROR_INVALID_ARGUMENT);
     assert_non_null(strstr(mca_last_error(), "budget length -1"));
+    options.budget_length = MCA_MAX_BUDGET_LENGTH + 1;
+    assert_int_equal(mca_attention_forward(layer, &options, 2, 4, lengths, hidden, output, NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "budget length 1048577"));
     options.budget_length = 0;
+
+    options.layer_index = 65536;
+    assert_int_equal(mca_attention_forward(layer, &options, 2, 4, lengths, hidden, output, NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "layer index 65536"));
+    options.layer_index = 0;
+
+    options.first_sequence = UINT32_MAX - 1;
+    assert_int_equal(mca_attention_forward(layer, &options, 2, 4, lengths, hidden, output, NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "first sequence 4294967294"));
+    options.first_sequence = 0;
 
     options.min_samples = 33;
     assert_int_equal(mca_attention_forward(layer, &options, 2, 4, lengths, hidden, output, NULL),
@@ -485,8 +835,7 @@ static void invalid_forward_arguments(void **state)
                      MCA_ERROR_INVALID_ARGUMENT);
 
     /* No failed call wrote to the output. */
-    for (size_t i = 0; i < sizeof output / sizeof *output; i++)
-        assert_true(output[i] != 0.0f);
+    assert_memory_equal(output, untouched, sizeof output);
 
     mca_attention_destroy(layer);
     free(t.storage);
@@ -514,6 +863,19 @@ static void invalid_layer_weights(void **state)
     assert_non_null(strstr(mca_last_error(), "query_weight[5]"));
     t.storage[5] = 0.0f;
 
+    /* test_weights_random stores W_Q, W_K, W_V and then b_Q, b_K, b_V. */
+    float *value_weight = t.storage + 2 * 30 * 30;
+    value_weight[899] = INFINITY;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "value_weight[899] is inf"));
+    value_weight[899] = 0.0f;
+    float *key_bias = t.storage + 3 * 30 * 30 + 30;
+    key_bias[0] = -INFINITY;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "key_bias[0] is -inf"));
+    key_bias[0] = 0.0f;
+    assert_null(layer);
+
     t.w.value_bias = NULL;
     assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_ERROR_INVALID_ARGUMENT);
     assert_non_null(strstr(mca_last_error(), "value_bias"));
@@ -533,11 +895,18 @@ int main(void)
         cmocka_unit_test(padding_changes_nothing_exact),
         cmocka_unit_test(padding_changes_nothing_mca),
         cmocka_unit_test(full_samples_take_exact_path),
+        cmocka_unit_test(whole_rows_make_tokens_exact),
         cmocka_unit_test(min_samples_of_d_is_exact),
         cmocka_unit_test(min_samples_zero_gives_bias),
         cmocka_unit_test(min_samples_one_draws_one),
         cmocka_unit_test(exact_mode_stats),
         cmocka_unit_test(forward_on_device_buffers),
+        cmocka_unit_test(zero_length_sequences_exact),
+        cmocka_unit_test(zero_length_sequences_mca),
+        cmocka_unit_test(non_finite_hidden_rejected),
+        cmocka_unit_test(non_finite_hidden_on_device_exact),
+        cmocka_unit_test(non_finite_hidden_on_device_mca),
+        cmocka_unit_test(oversized_batch_rejected),
         cmocka_unit_test(invalid_forward_arguments),
         cmocka_unit_test(invalid_layer_weights),
     };

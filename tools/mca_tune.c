@@ -75,6 +75,7 @@ typedef struct settings {
     const char *output_path; /* NULL writes the device's default file */
     const char *work_dir;    /* NULL uses a temporary directory, removed after a success */
     double effort;
+    bool switch_only; /* keep the file's kernel parameters, measure only the switch point */
     int platform_index;
     int device_index;
 } settings_t;
@@ -133,6 +134,9 @@ static void print_usage(void)
            "                   minutes on a 2-core CPU; 0.25 is a quick run, 4 a thorough one)\n"
            "  --work-dir DIR   keep the tuners' logs and JSON results in DIR (default: a\n"
            "                   temporary directory, removed when the run succeeds)\n"
+           "  --switch-only    keep the kernel parameters of the existing file and measure only\n"
+           "                   the switch point between XgemmDirect and Xgemm (a few minutes),\n"
+           "                   for example after the library started to use new GEMM shapes\n"
            "  --help           show this help\n"
            "\n"
            "DEVICE is the OpenCL device name with every run of characters other than letters,\n"
@@ -165,13 +169,14 @@ static int resolve_index(const char *option, const char *variable)
 static void parse_arguments(int argc, char **argv, settings_t *settings)
 {
     enum { OPTION_OUTPUT = 256, OPTION_PLATFORM, OPTION_DEVICE, OPTION_EFFORT, OPTION_WORK_DIR,
-           OPTION_HELP };
+           OPTION_SWITCH_ONLY, OPTION_HELP };
     static const struct option options[] = {
         {"output", required_argument, NULL, OPTION_OUTPUT},
         {"platform", required_argument, NULL, OPTION_PLATFORM},
         {"device", required_argument, NULL, OPTION_DEVICE},
         {"effort", required_argument, NULL, OPTION_EFFORT},
         {"work-dir", required_argument, NULL, OPTION_WORK_DIR},
+        {"switch-only", no_argument, NULL, OPTION_SWITCH_ONLY},
         {"help", no_argument, NULL, OPTION_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -189,6 +194,7 @@ static void parse_arguments(int argc, char **argv, settings_t *settings)
         case OPTION_PLATFORM: platform = optarg; break;
         case OPTION_DEVICE: device = optarg; break;
         case OPTION_WORK_DIR: settings->work_dir = optarg; break;
+        case OPTION_SWITCH_ONLY: settings->switch_only = true; break;
         case OPTION_EFFORT:
             settings->effort = strtod(optarg, &end);
             if (end == optarg || *end != '\0' || !(settings->effort >= 0.05) ||
@@ -558,6 +564,34 @@ static void add_tuner_result(cJSON *document, const tuner_t *tuner, tuner_result
     cJSON_AddNumberToObject(entry, "time_ms", result->time_ms);
 }
 
+/* Reads an existing tuning file for --switch-only and removes its GemmRoutine entry, which
+ * the run measures again. Returns NULL with a message when the file is missing or not a
+ * tuning file. */
+static cJSON *read_kernel_parameters(const char *path)
+{
+    cJSON *document = read_json_file(path);
+    const cJSON *format = cJSON_GetObjectItemCaseSensitive(document, "format");
+    cJSON *kernels = cJSON_GetObjectItemCaseSensitive(document, "kernels");
+    if (!cJSON_IsString(format) || strcmp(format->valuestring, MCA_TUNING_FORMAT) != 0 ||
+        !cJSON_IsArray(kernels)) {
+        fprintf(stderr, "%s: --switch-only needs an existing tuning file, but '%s' is missing "
+                "or not one; run %s without --switch-only first\n", PROGRAM, path, PROGRAM);
+        cJSON_Delete(document);
+        return NULL;
+    }
+    int index = 0;
+    const cJSON *entry = NULL;
+    cJSON_ArrayForEach(entry, kernels) {
+        const cJSON *kernel = cJSON_GetObjectItemCaseSensitive(entry, "kernel");
+        if (cJSON_IsString(kernel) && strcmp(kernel->valuestring, "GemmRoutine") == 0) {
+            cJSON_DeleteItemFromArray(kernels, index);
+            break;
+        }
+        index++;
+    }
+    return document;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Switch point between XgemmDirect and Xgemm                                            */
 /* ------------------------------------------------------------------------------------ */
@@ -698,9 +732,16 @@ int main(int argc, char **argv)
                       output_path);
 
     double start = monotonic_seconds();
-    cJSON *document = create_document(device_name);
+    cJSON *document = settings.switch_only ? read_kernel_parameters(output_path)
+                                           : create_document(device_name);
+    if (document == NULL) {
+        mca_context_destroy(context);
+        if (settings.work_dir == NULL)
+            remove_tree(work_dir);
+        return EXIT_RUN_FAILURE;
+    }
     int failures = 0;
-    for (size_t i = 0; i < TUNER_COUNT; i++) {
+    for (size_t i = 0; i < TUNER_COUNT && !settings.switch_only; i++) {
         tuner_result_t result = {0};
         if (run_tuner(&settings, &tuners[i], work_dir, (int)i + 1, &result))
             add_tuner_result(document, &tuners[i], &result);

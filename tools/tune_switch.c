@@ -14,24 +14,29 @@
 
 #include "gemm.h"
 
-/* GEMM shapes as the library calls CLBlast: batches of per-head A*V products (tokens, D/H,
- * tokens) for 12 heads, and row-major products with B transposed, as in mca_linear, for the
- * projections and dense layers. */
+/* GEMM shapes as the library calls CLBlast: batches of per-head products for 12 heads, and
+ * row-major products with B transposed, as in mca_linear, for the projections and dense
+ * layers. The per-head batches are the scores Q_h K_h^T (tokens, D/H, tokens with B
+ * transposed), A*V (tokens, tokens, D/H) and the exact value rows of MCA mode (tokens rows
+ * against D/H rows of W_V, k = D, B transposed). */
 typedef struct gemm_shape {
     size_t m, n, k;
-    size_t count; /* products in the batch; 1 calls CLBlastSgemm */
+    size_t count;     /* products in the batch; 1 calls CLBlastSgemm */
+    bool transpose_b; /* always set for single products */
 } gemm_shape_t;
 
-/* Timed shapes, which decide XGEMM_MIN_INDIRECT_SIZE: A*V for two sequence lengths, and
- * m = 128, 512 and 2048 rows with (n, k) = (D, D), (3D, D), (4D, D) and (D, 4D) for D = 384
- * and 768. */
+/* Timed shapes, which decide XGEMM_MIN_INDIRECT_SIZE: the three per-head batches for two
+ * sequence lengths, and m = 128, 512 and 2048 rows with (n, k) = (D, D), (3D, D), (4D, D)
+ * and (D, 4D) for D = 384 and 768. */
 #define HEADS 12
 static const size_t timed_attention[][2] = {{128, 32}, {512, 64}}; /* tokens, D/H */
+#define PER_HEAD_KINDS 3 /* scores, A*V, exact value rows */
 static const size_t timed_widths[] = {384, 768};
 static const size_t timed_rows[] = {128, 512, 2048};
 static const size_t timed_n_k[][2] = {{1, 1}, {3, 1}, {4, 1}, {1, 4}}; /* multiples of D */
-#define TIMED_SHAPE_COUNT 26
-_Static_assert(TIMED_SHAPE_COUNT == sizeof timed_attention / sizeof *timed_attention +
+#define TIMED_SHAPE_COUNT 30
+_Static_assert(TIMED_SHAPE_COUNT == PER_HEAD_KINDS * sizeof timed_attention /
+                                            sizeof *timed_attention +
                                         sizeof timed_widths / sizeof *timed_widths *
                                             sizeof timed_rows / sizeof *timed_rows *
                                             sizeof timed_n_k / sizeof *timed_n_k,
@@ -40,8 +45,9 @@ _Static_assert(TIMED_SHAPE_COUNT == sizeof timed_attention / sizeof *timed_atten
 /* Checked but not timed: sizes that are not multiples of any tile, as real sentences give.
  * CLBlast pads them, which runs other code than the timed shapes. */
 static const gemm_shape_t odd_shapes[] = {
-    {19, 32, 19, HEADS}, {37, 64, 37, HEADS}, {20, 384, 384, 1},
-    {37, 1152, 384, 1},  {100, 384, 1536, 1}, {5, 3072, 768, 1},
+    {19, 32, 19, HEADS, false}, {37, 64, 37, HEADS, false}, {37, 37, 64, HEADS, true},
+    {23, 64, 768, HEADS, true}, {20, 384, 384, 1, true},     {37, 1152, 384, 1, true},
+    {100, 384, 1536, 1, true},  {5, 3072, 768, 1, true},
 };
 #define ODD_SHAPE_COUNT (sizeof odd_shapes / sizeof *odd_shapes)
 
@@ -92,14 +98,16 @@ static void list_timed_shapes(gemm_shape_t shapes[TIMED_SHAPE_COUNT])
     size_t count = 0;
     for (size_t a = 0; a < sizeof timed_attention / sizeof *timed_attention; a++) {
         size_t tokens = timed_attention[a][0], width = timed_attention[a][1];
-        shapes[count++] = (gemm_shape_t){tokens, width, tokens, HEADS};
+        shapes[count++] = (gemm_shape_t){tokens, tokens, width, HEADS, true};
+        shapes[count++] = (gemm_shape_t){tokens, width, tokens, HEADS, false};
+        shapes[count++] = (gemm_shape_t){tokens, width, width * HEADS, HEADS, true};
     }
     for (size_t w = 0; w < sizeof timed_widths / sizeof *timed_widths; w++) {
         for (size_t r = 0; r < sizeof timed_rows / sizeof *timed_rows; r++) {
             for (size_t f = 0; f < sizeof timed_n_k / sizeof *timed_n_k; f++) {
                 size_t d = timed_widths[w];
                 shapes[count++] = (gemm_shape_t){timed_rows[r], timed_n_k[f][0] * d,
-                                                 timed_n_k[f][1] * d, 1};
+                                                 timed_n_k[f][1] * d, 1, true};
             }
         }
     }
@@ -189,10 +197,10 @@ static int run_gemm(const mca_context_t *context, const gemm_shape_t *shape,
         c_offsets[i] = i * m * n;
     }
     mca_matrix_t a = {operands->a, 0, k};
-    mca_matrix_t b = {operands->b, 0, n};
+    mca_matrix_t b = {operands->b, 0, shape->transpose_b ? k : n};
     mca_matrix_t c = {operands->c, 0, n};
-    return mca_gemm_batched(context, false, false, m, n, k, 1.0f, a, a_offsets, b, b_offsets,
-                            0.0f, c, c_offsets, shape->count);
+    return mca_gemm_batched(context, false, shape->transpose_b, m, n, k, 1.0f, a, a_offsets, b,
+                            b_offsets, 0.0f, c, c_offsets, shape->count);
 }
 
 /* Returns the largest relative error of C x against A (op(B) x) over the rows of every
@@ -221,8 +229,8 @@ static double probe_error(const gemm_shape_t *shape, const operands_t *operands)
             bx[p] = 0.0;
             bx[k + p] = 0.0;
             for (size_t j = 0; j < n; j++) {
-                /* A single product has B transposed: B is (n, k). A batch has B as (k, n). */
-                double value = shape->count == 1 ? b[j * k + p] : b[p * n + j];
+                /* B is (n, k) when transposed, else (k, n). */
+                double value = shape->transpose_b ? b[j * k + p] : b[p * n + j];
                 bx[p] += value * x[j];
                 bx[k + p] += fabs(value * x[j]);
             }
