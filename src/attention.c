@@ -949,6 +949,46 @@ static int compute_mca_values(mca_attention_t *layer, const mca_forward_options_
     return status;
 }
 
+/* Rejects a call whose largest buffers exceed the device's limits, before any buffer is
+ * created: each against CL_DEVICE_MAX_MEM_ALLOC_SIZE, and their sum against
+ * CL_DEVICE_GLOBAL_MEM_SIZE. The buffers whose size depends on the sample counts are checked
+ * when they are created, by mca_buffer_create. */
+static int check_device_limits(const mca_attention_t *layer, const forward_shape_t *s,
+                               bool host_copies)
+{
+    const mca_context_t *context = layer->context;
+    const struct {
+        const char *what;
+        size_t bytes;
+    } buffers[] = {
+        {"the attention probabilities", s->batch * s->heads * s->tokens * s->tokens *
+                                            sizeof(float)},
+        {"the Q, K and V projections", s->rows * s->proj_ld * sizeof(float)},
+        {"a copy of the hidden states", host_copies ? s->rows * s->hidden * sizeof(float) : 0},
+        {"the attention output", host_copies ? s->rows * s->hidden * sizeof(float) : 0},
+    };
+    unsigned long long total = 0;
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) {
+        if (buffers[i].bytes > context->max_mem_alloc_size)
+            return mca_context_error(context, MCA_ERROR_DEVICE_LIMIT,
+                                     "batch %zu x %zu tokens needs %zu bytes for %s in one "
+                                     "buffer, but the device allows at most %llu "
+                                     "(CL_DEVICE_MAX_MEM_ALLOC_SIZE); split the batch or "
+                                     "shorten the sequences",
+                                     s->batch, s->tokens, buffers[i].bytes, buffers[i].what,
+                                     (unsigned long long)context->max_mem_alloc_size);
+        total += buffers[i].bytes;
+    }
+    if (total > context->global_mem_size)
+        return mca_context_error(context, MCA_ERROR_DEVICE_LIMIT,
+                                 "batch %zu x %zu tokens needs at least %llu bytes of device "
+                                 "memory, but the device has %llu (CL_DEVICE_GLOBAL_MEM_SIZE); "
+                                 "split the batch or shorten the sequences",
+                                 s->batch, s->tokens, total,
+                                 (unsigned long long)context->global_mem_size);
+    return MCA_SUCCESS;
+}
+
 static int forward_on_device(mca_attention_t *layer, const mca_forward_options_t *options,
                              const forward_shape_t *s, const int *valid_lengths, cl_mem hidden,
                              cl_mem output, mca_forward_stats_t *stats)
@@ -1045,6 +1085,9 @@ mca_status_t mca_attention_forward_buffers(mca_attention_t *attention,
     if (status != MCA_SUCCESS)
         return mca_context_error(attention->context, status, "%s", mca_last_error());
     forward_shape_t s = make_shape(attention, batch, tokens);
+    status = check_device_limits(attention, &s, false);
+    if (status != MCA_SUCCESS)
+        return status;
 
     size_t needed = s.rows * s.hidden * sizeof(float);
     size_t hidden_size = 0, context_size = 0;
@@ -1096,6 +1139,9 @@ mca_status_t mca_attention_forward(mca_attention_t *attention, const mca_forward
     if (status != MCA_SUCCESS)
         return mca_context_error(attention->context, status, "%s", mca_last_error());
     forward_shape_t s = make_shape(attention, batch, tokens);
+    status = check_device_limits(attention, &s, true);
+    if (status != MCA_SUCCESS)
+        return status;
 
     mca_attention_workspace_t *ws = &attention->workspace;
     size_t bytes = s.rows * s.hidden * sizeof(float);

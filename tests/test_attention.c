@@ -6,6 +6,7 @@
 
 #include <cmocka.h>
 
+#include "context.h"
 #include "safetensors.h"
 #include "test_util.h"
 
@@ -717,6 +718,64 @@ static void non_finite_hidden_on_device_mca(void **state)
 }
 
 /* A (tokens x tokens) probability matrix past 2^31 elements is rejected before any work. */
+/* A request over the device's limits fails before any buffer is created, and the message
+ * names the limit and the request. The test lowers the limits that the context queried. */
+static void device_limits_checked_first(void **state)
+{
+    (void)state;
+    test_weights_t t;
+    test_weights_random(&t, 32, 2, 133, 0.2f);
+    mca_attention_t *layer = NULL;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_SUCCESS);
+    const int tokens = 64;
+    const int lengths[] = {tokens, tokens};
+    size_t count = 2 * (size_t)tokens * 32;
+    float *hidden = calloc(count, sizeof *hidden);
+    float *output = calloc(count, sizeof *output);
+    assert_non_null(hidden);
+    assert_non_null(output);
+    mca_forward_options_t options;
+    mca_forward_options_init(&options);
+
+    const cl_ulong saved_alloc = context->max_mem_alloc_size;
+    const cl_ulong saved_global = context->global_mem_size;
+    /* The probabilities need 2 * 2 * 64 * 64 * 4 = 65536 bytes in one buffer. */
+    context->max_mem_alloc_size = 65535;
+    mca_fault_set(MCA_FAULT_BUFFER_CREATION, 0); /* counts buffer creations, fails none */
+    assert_int_equal(mca_attention_forward(layer, &options, 2, tokens, lengths, hidden, output,
+                                           NULL),
+                     MCA_ERROR_DEVICE_LIMIT);
+    assert_int_equal(mca_fault_calls(MCA_FAULT_BUFFER_CREATION), 0);
+    assert_non_null(strstr(mca_last_error(), "65536 bytes"));
+    assert_non_null(strstr(mca_last_error(), "at most 65535"));
+    assert_non_null(strstr(mca_last_error(), "CL_DEVICE_MAX_MEM_ALLOC_SIZE"));
+    context->max_mem_alloc_size = saved_alloc;
+
+    /* Probabilities, projections, hidden copy and output: 65536 + 3 * 2 * 64 * 32 * 4 + 2 *
+     * 2 * 64 * 32 * 4 bytes. */
+    const unsigned long long total = 65536ull + 49152ull + 2ull * 16384ull;
+    context->global_mem_size = total - 1;
+    assert_int_equal(mca_attention_forward(layer, &options, 2, tokens, lengths, hidden, output,
+                                           NULL),
+                     MCA_ERROR_DEVICE_LIMIT);
+    assert_int_equal(mca_fault_calls(MCA_FAULT_BUFFER_CREATION), 0);
+    mca_fault_clear();
+    char expected[64];
+    snprintf(expected, sizeof expected, "at least %llu bytes", total);
+    assert_non_null(strstr(mca_last_error(), expected));
+    assert_non_null(strstr(mca_last_error(), "CL_DEVICE_GLOBAL_MEM_SIZE"));
+    context->global_mem_size = saved_global;
+
+    /* With the real limits the same call runs. */
+    assert_int_equal(mca_attention_forward(layer, &options, 2, tokens, lengths, hidden, output,
+                                           NULL),
+                     MCA_SUCCESS);
+    mca_attention_destroy(layer);
+    free(t.storage);
+    free(hidden);
+    free(output);
+}
+
 static void oversized_batch_rejected(void **state)
 {
     (void)state;
@@ -906,6 +965,7 @@ int main(void)
         cmocka_unit_test(non_finite_hidden_rejected),
         cmocka_unit_test(non_finite_hidden_on_device_exact),
         cmocka_unit_test(non_finite_hidden_on_device_mca),
+        cmocka_unit_test(device_limits_checked_first),
         cmocka_unit_test(oversized_batch_rejected),
         cmocka_unit_test(invalid_forward_arguments),
         cmocka_unit_test(invalid_layer_weights),
