@@ -717,7 +717,6 @@ static void non_finite_hidden_on_device_mca(void **state)
     check_non_finite_hidden_on_device(MCA_MODE_MCA);
 }
 
-/* A (tokens x tokens) probability matrix past 2^31 elements is rejected before any work. */
 /* A request over the device's limits fails before any buffer is created, and the message
  * names the limit and the request. The test lowers the limits that the context queried. */
 static void device_limits_checked_first(void **state)
@@ -776,6 +775,7 @@ static void device_limits_checked_first(void **state)
     free(output);
 }
 
+/* A (tokens x tokens) probability matrix past 2^31 elements is rejected before any work. */
 static void oversized_batch_rejected(void **state)
 {
     (void)state;
