@@ -4,21 +4,19 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "embed_args.h"
+#include "embed_output.h"
 #include "mca.h"
 
 #define PROGRAM "mca-embed"
@@ -26,33 +24,6 @@
 /* Exit statuses: 1 for a failure while running, 2 for a usage error. */
 #define EXIT_RUN_FAILURE 1
 #define EXIT_USAGE 2
-
-#define DEFAULT_MODEL_DIR "models/all-MiniLM-L6-v2"
-/* Measured on tools/sentences.txt with the default budget length (bench/RESULTS.md): alpha
- * 0.02 keeps the mean embedding cosine to exact at 0.9985 for 95% of the value FLOPs, while
- * 0.05 drops it to 0.98 and 0.2 to 0.61. */
-#define DEFAULT_ALPHA 0.02
-#define DEFAULT_BATCH 32
-#define MAX_BATCH 65536
-
-typedef enum run_mode { RUN_EXACT, RUN_MCA, RUN_COMPARE } run_mode_t;
-typedef enum report_format { REPORT_TEXT, REPORT_JSON } report_format_t;
-
-typedef struct settings {
-    const char *model_dir;
-    const char *input_path; /* NULL reads standard input */
-    const char *output_path; /* NULL writes no embeddings */
-    run_mode_t mode;
-    double alpha; /* as typed, for the report; the library receives it as a float */
-    uint64_t seed;
-    int budget_length;
-    int min_samples;
-    int batch;
-    int platform_index; /* -1 reads MCA_PLATFORM, as the library does */
-    int device_index;   /* -1 reads MCA_DEVICE */
-    report_format_t report;
-    bool quiet;
-} settings_t;
 
 typedef struct sentences {
     char **texts;
@@ -67,6 +38,16 @@ typedef struct run_result {
     double seconds;    /* wall time of the timed embedding calls */
     mca_forward_stats_t stats;
 } run_result_t;
+
+/* What the library's log messages during an embedding call refer to. log_message adds it to
+ * each message, because the library numbers texts from 0 within the call. */
+typedef struct log_state {
+    const char *mode;   /* mode of the current call, NULL outside embedding calls */
+    int first, last;    /* sentences of the current call, numbered from 1 */
+    bool mute_warnings; /* the current call would repeat warnings already printed */
+} log_state_t;
+
+static log_state_t log_state;
 
 /* Agreement between MCA and exact embeddings of the same sentences. */
 typedef struct comparison {
@@ -86,7 +67,10 @@ static void print_usage(FILE *stream)
             "\n"
             "Reads FILE, or standard input when FILE is \"-\" or absent. A trailing \"\\n\" or\n"
             "\"\\r\\n\" is stripped, and lines that are empty or contain only whitespace are\n"
-            "ignored, so sentence i is the i-th non-blank line.\n"
+            "ignored, so sentence i is the i-th non-blank line. Every line must be valid\n"
+            "UTF-8 without NUL bytes, or the run stops before loading the model. Sentences\n"
+            "longer than the model allows (512 tokens for all-MiniLM-L6-v2) keep their\n"
+            "first tokens, with a warning.\n"
             "\n"
             "Options:\n"
             "  --model DIR          model directory with config.json, model.safetensors and\n"
@@ -107,7 +91,9 @@ static void print_usage(FILE *stream)
             "  --device P:D         OpenCL platform and device index (default: $MCA_PLATFORM\n"
             "                       and $MCA_DEVICE, else 0:0)\n"
             "  --output FILE        write the embeddings as a float32 .npy file of shape\n"
-            "                       (sentences, hidden size); in compare mode the MCA ones\n"
+            "                       (sentences, hidden size); in compare mode the MCA ones.\n"
+            "                       It is written to FILE.tmp.XXXXXX and renamed to FILE,\n"
+            "                       so FILE is never left half-written\n"
             "  --report FORMAT      text or json (default: text)\n"
             "  --quiet              print no progress\n"
             "  --help               print this help and exit\n"
@@ -121,218 +107,10 @@ static void print_usage(FILE *stream)
             DEFAULT_ALPHA, MCA_MAX_BUDGET_LENGTH, MAX_BATCH, DEFAULT_BATCH);
 }
 
-/* Prints a usage error and the --help hint to standard error, and returns EXIT_USAGE. */
-static int usage_error(const char *format, ...) __attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *format, ...)
+/* Prints a usage error and the --help hint to standard error. */
+static void print_usage_error(const char *message)
 {
-    va_list args;
-    va_start(args, format);
-    fprintf(stderr, PROGRAM ": ");
-    vfprintf(stderr, format, args);
-    fprintf(stderr, "\nTry '" PROGRAM " --help' for more information.\n");
-    va_end(args);
-    return EXIT_USAGE;
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* Option parsing                                                                        */
-/* ------------------------------------------------------------------------------------ */
-
-/* Parses a whole decimal integer in [minimum, maximum]. */
-static bool parse_int(const char *text, long minimum, long maximum, int *value)
-{
-    char *end;
-    errno = 0;
-    long parsed = strtol(text, &end, 10);
-    if (end == text || *end != '\0' || errno == ERANGE || parsed < minimum || parsed > maximum)
-        return false;
-    *value = (int)parsed;
-    return true;
-}
-
-/* Parses a whole unsigned 64-bit decimal integer; strtoull alone would accept "-1". */
-static bool parse_seed(const char *text, uint64_t *value)
-{
-    if (!isdigit((unsigned char)text[0]))
-        return false;
-    char *end;
-    errno = 0;
-    unsigned long long parsed = strtoull(text, &end, 10);
-    if (*end != '\0' || errno == ERANGE)
-        return false;
-    *value = (uint64_t)parsed;
-    return true;
-}
-
-/* Parses a whole number that is finite and > 0 also as a float. */
-static bool parse_alpha(const char *text, double *value)
-{
-    char *end;
-    errno = 0;
-    double parsed = strtod(text, &end);
-    if (end == text || *end != '\0' || errno == ERANGE || !isfinite((float)parsed) ||
-        (float)parsed <= 0.0f)
-        return false;
-    *value = parsed;
-    return true;
-}
-
-/* Parses "PLATFORM:DEVICE" as two indices >= 0. */
-static bool parse_device(const char *text, int *platform, int *device)
-{
-    const char *colon = strchr(text, ':');
-    if (colon == NULL || colon == text)
-        return false;
-
-    char platform_text[32];
-    size_t length = (size_t)(colon - text);
-    if (length >= sizeof platform_text)
-        return false;
-    memcpy(platform_text, text, length);
-    platform_text[length] = '\0';
-    return parse_int(platform_text, 0, INT_MAX, platform) && parse_int(colon + 1, 0, INT_MAX, device);
-}
-
-enum {
-    OPTION_MODEL = 256,
-    OPTION_MODE,
-    OPTION_ALPHA,
-    OPTION_SEED,
-    OPTION_BUDGET_LENGTH,
-    OPTION_MIN_SAMPLES,
-    OPTION_BATCH,
-    OPTION_DEVICE,
-    OPTION_OUTPUT,
-    OPTION_REPORT,
-    OPTION_QUIET,
-    OPTION_HELP,
-};
-
-static const struct option long_options[] = {
-    {"model", required_argument, NULL, OPTION_MODEL},
-    {"mode", required_argument, NULL, OPTION_MODE},
-    {"alpha", required_argument, NULL, OPTION_ALPHA},
-    {"seed", required_argument, NULL, OPTION_SEED},
-    {"budget-length", required_argument, NULL, OPTION_BUDGET_LENGTH},
-    {"min-samples", required_argument, NULL, OPTION_MIN_SAMPLES},
-    {"batch", required_argument, NULL, OPTION_BATCH},
-    {"device", required_argument, NULL, OPTION_DEVICE},
-    {"output", required_argument, NULL, OPTION_OUTPUT},
-    {"report", required_argument, NULL, OPTION_REPORT},
-    {"quiet", no_argument, NULL, OPTION_QUIET},
-    {"help", no_argument, NULL, OPTION_HELP},
-    {NULL, 0, NULL, 0},
-};
-
-/* Applies one option to *settings. Returns 0, or EXIT_USAGE after printing why. */
-static int apply_option(int option, const char *value, settings_t *settings)
-{
-    switch (option) {
-    case OPTION_MODEL:
-        settings->model_dir = value;
-        return 0;
-    case OPTION_MODE:
-        if (strcmp(value, "exact") == 0)
-            settings->mode = RUN_EXACT;
-        else if (strcmp(value, "mca") == 0)
-            settings->mode = RUN_MCA;
-        else if (strcmp(value, "compare") == 0)
-            settings->mode = RUN_COMPARE;
-        else
-            return usage_error("invalid value for --%s: \"%s\"; expected exact, mca or compare",
-                               "mode", value);
-        return 0;
-    case OPTION_ALPHA:
-        if (!parse_alpha(value, &settings->alpha))
-            return usage_error("invalid value for --%s: \"%s\"; expected a finite number > 0",
-                               "alpha", value);
-        return 0;
-    case OPTION_SEED:
-        if (!parse_seed(value, &settings->seed))
-            return usage_error("invalid value for --%s: \"%s\"; expected an integer in "
-                               "0 .. 18446744073709551615",
-                               "seed", value);
-        return 0;
-    case OPTION_BUDGET_LENGTH:
-        if (!parse_int(value, 0, MCA_MAX_BUDGET_LENGTH, &settings->budget_length))
-            return usage_error("invalid value for --%s: \"%s\"; expected an integer in "
-                               "0 .. 1048576",
-                               "budget-length", value);
-        return 0;
-    case OPTION_MIN_SAMPLES:
-        if (!parse_int(value, 0, INT_MAX, &settings->min_samples))
-            return usage_error("invalid value for --%s: \"%s\"; expected an integer >= 0",
-                               "min-samples", value);
-        return 0;
-    case OPTION_BATCH:
-        if (!parse_int(value, 1, MAX_BATCH, &settings->batch))
-            return usage_error("invalid value for --%s: \"%s\"; expected an integer in "
-                               "1 .. 65536",
-                               "batch", value);
-        return 0;
-    case OPTION_DEVICE:
-        if (!parse_device(value, &settings->platform_index, &settings->device_index))
-            return usage_error("invalid value for --%s: \"%s\"; expected PLATFORM:DEVICE, two "
-                               "indices >= 0 such as 0:0",
-                               "device", value);
-        return 0;
-    case OPTION_OUTPUT:
-        settings->output_path = value;
-        return 0;
-    case OPTION_REPORT:
-        if (strcmp(value, "text") == 0)
-            settings->report = REPORT_TEXT;
-        else if (strcmp(value, "json") == 0)
-            settings->report = REPORT_JSON;
-        else
-            return usage_error("invalid value for --%s: \"%s\"; expected text or json",
-                               "report", value);
-        return 0;
-    case OPTION_QUIET:
-        settings->quiet = true;
-        return 0;
-    default:
-        return EXIT_USAGE;
-    }
-}
-
-/* Fills *settings from the command line. Returns -1 to continue, or the exit status. */
-static int parse_arguments(int argc, char **argv, settings_t *settings)
-{
-    const char *model_dir = getenv("MCA_MODEL_DIR");
-    *settings = (settings_t){
-        .model_dir = model_dir != NULL && model_dir[0] != '\0' ? model_dir : DEFAULT_MODEL_DIR,
-        .mode = RUN_MCA,
-        .alpha = DEFAULT_ALPHA,
-        .min_samples = 1,
-        .batch = DEFAULT_BATCH,
-        .platform_index = -1,
-        .device_index = -1,
-        .report = REPORT_TEXT,
-    };
-
-    int option;
-    while ((option = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
-        if (option == OPTION_HELP) {
-            print_usage(stdout);
-            return EXIT_SUCCESS;
-        }
-        if (option == '?') {
-            fprintf(stderr, "Try '" PROGRAM " --help' for more information.\n");
-            return EXIT_USAGE;
-        }
-        int status = apply_option(option, optarg, settings);
-        if (status != 0)
-            return status;
-    }
-
-    if (argc - optind > 1)
-        return usage_error("too many arguments: expected at most one input file, got %d",
-                           argc - optind);
-    if (optind < argc && strcmp(argv[optind], "-") != 0)
-        settings->input_path = argv[optind];
-    return -1;
+    fprintf(stderr, PROGRAM ": %s\nTry '" PROGRAM " --help' for more information.\n", message);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -352,6 +130,89 @@ static bool is_blank(const char *line)
     for (; *line != '\0'; ++line) {
         if (!isspace((unsigned char)*line))
             return false;
+    }
+    return true;
+}
+
+/* Returns the offset of the first byte of `text` that does not belong to valid UTF-8, or
+ * `length` when there is none, with the reason in *reason. Applies the tokenizer's rules
+ * (src/tokenizer.c): no overlong forms, no UTF-16 surrogates, nothing above U+10FFFF. */
+static size_t find_invalid_utf8(const unsigned char *text, size_t length, const char **reason)
+{
+    static const uint32_t min_code_point[5] = {0, 0, 0x80, 0x800, 0x10000};
+    size_t i = 0;
+    while (i < length) {
+        const unsigned char lead = text[i];
+        size_t sequence_length;
+        uint32_t code_point;
+        if (lead < 0x80) {
+            i++;
+            continue;
+        }
+        if (lead < 0xC0) {
+            *reason = "a continuation byte without a lead byte";
+            return i;
+        }
+        if (lead < 0xE0) {
+            sequence_length = 2;
+            code_point = lead & 0x1Fu;
+        } else if (lead < 0xF0) {
+            sequence_length = 3;
+            code_point = lead & 0x0Fu;
+        } else if (lead < 0xF8) {
+            sequence_length = 4;
+            code_point = lead & 0x07u;
+        } else {
+            *reason = "a byte that never occurs in UTF-8";
+            return i;
+        }
+
+        for (size_t k = 1; k < sequence_length; k++) {
+            if (i + k >= length || (text[i + k] & 0xC0u) != 0x80u) {
+                *reason = "a truncated multi-byte sequence";
+                return i;
+            }
+            code_point = (code_point << 6) | (text[i + k] & 0x3Fu);
+        }
+        if (code_point < min_code_point[sequence_length]) {
+            *reason = "an overlong encoding";
+            return i;
+        }
+        if (code_point >= 0xD800 && code_point <= 0xDFFF) {
+            *reason = "an encoded UTF-16 surrogate";
+            return i;
+        }
+        if (code_point > 0x10FFFF) {
+            *reason = "a code point above U+10FFFF";
+            return i;
+        }
+        i += sequence_length;
+    }
+    return length;
+}
+
+/* Checks that line `number` of `name`, `length` bytes without its line ending, is text the
+ * encoder accepts. Prints why and returns false when it contains a NUL byte, which would
+ * silently end the sentence early, or is not valid UTF-8. */
+static bool check_line(const char *name, long long number, const char *line, size_t length)
+{
+    const char *nul = memchr(line, '\0', length);
+    if (nul != NULL) {
+        fprintf(stderr,
+                PROGRAM ": line %lld of %s contains a NUL byte at byte offset %zu; remove it, "
+                        "or convert the file to UTF-8 if it is UTF-16\n",
+                number, name, (size_t)(nul - line));
+        return false;
+    }
+
+    const char *reason = NULL;
+    size_t offset = find_invalid_utf8((const unsigned char *)line, length, &reason);
+    if (offset < length) {
+        fprintf(stderr,
+                PROGRAM ": line %lld of %s is not valid UTF-8: %s at byte offset %zu (byte "
+                        "0x%02X); convert the file to UTF-8\n",
+                number, name, reason, offset, (unsigned)(unsigned char)line[offset]);
+        return false;
     }
     return true;
 }
@@ -376,7 +237,8 @@ static bool sentences_append(sentences_t *sentences, const char *line)
     return true;
 }
 
-/* Reads the non-blank lines of `path` (standard input when NULL), without "\n" or "\r\n". */
+/* Reads the non-blank lines of `path` (standard input when NULL), without "\n" or "\r\n".
+ * Fails on the first line that check_line rejects. */
 static int read_sentences(const char *path, sentences_t *sentences)
 {
     const char *name = path != NULL ? path : "standard input";
@@ -390,12 +252,18 @@ static int read_sentences(const char *path, sentences_t *sentences)
     char *line = NULL;
     size_t capacity = 0;
     ssize_t length;
+    long long line_number = 0;
     int status = 0;
     while ((length = getline(&line, &capacity, input)) != -1) {
+        line_number++;
         if (length > 0 && line[length - 1] == '\n')
             line[--length] = '\0';
         if (length > 0 && line[length - 1] == '\r')
             line[--length] = '\0';
+        if (!check_line(name, line_number, line, (size_t)length)) {
+            status = EXIT_RUN_FAILURE;
+            break;
+        }
         if (is_blank(line))
             continue;
         if (!sentences_append(sentences, line)) {
@@ -433,9 +301,11 @@ static const char *mode_name(mca_mode_t mode)
 }
 
 /* Embeds every sentence in batches of settings->batch. Sentence i draws from sequence
- * number i, so MCA results do not depend on the batch size. */
+ * number i, so MCA results do not depend on the batch size. `repeat` mutes the library's
+ * warnings, because the only warnings that embedding logs are about truncated sentences,
+ * which an earlier pass over the same sentences has printed. */
 static int embed_sentences(mca_encoder_t *encoder, const settings_t *settings, mca_mode_t mode,
-                           const sentences_t *sentences, run_result_t *result)
+                           const sentences_t *sentences, bool repeat, run_result_t *result)
 {
     const int width = mca_encoder_hidden_size(encoder);
     const int count = sentences->count;
@@ -462,8 +332,10 @@ static int embed_sentences(mca_encoder_t *encoder, const settings_t *settings, m
     options.min_samples = settings->min_samples;
 
     /* The warm-up call compiles the device kernels that the timed calls then reuse. Its
-     * output is overwritten below and its statistics are dropped. */
+     * output is overwritten below, its statistics are dropped, and its warnings are muted
+     * because the timed call over the same sentences repeats them. */
     const int first_batch = count < settings->batch ? count : settings->batch;
+    log_state = (log_state_t){mode_name(mode), 1, first_batch, true};
     int status = mca_encoder_embed(encoder, &options, first_batch,
                                    (const char *const *)sentences->texts, result->embeddings,
                                    NULL, NULL);
@@ -479,6 +351,7 @@ static int embed_sentences(mca_encoder_t *encoder, const settings_t *settings, m
     for (int first = 0; first < count; first += settings->batch) {
         const int size = count - first < settings->batch ? count - first : settings->batch;
         options.first_sequence = (uint32_t)first;
+        log_state = (log_state_t){mode_name(mode), first + 1, first + size, repeat};
         status = mca_encoder_embed(encoder, &options, size,
                                    (const char *const *)sentences->texts + first,
                                    result->embeddings + (size_t)first * (size_t)width,
@@ -500,6 +373,7 @@ static int embed_sentences(mca_encoder_t *encoder, const settings_t *settings, m
         }
     }
     result->seconds = monotonic_seconds() - start;
+    log_state = (log_state_t){0};
 
     free(token_counts);
     return 0;
@@ -559,90 +433,6 @@ static comparison_t compare_embeddings(const float *exact, const float *approxim
         comparison.nn_agreement = (double)comparison.nn_agreeing / count;
     }
     return comparison;
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* Output                                                                                */
-/* ------------------------------------------------------------------------------------ */
-
-/* Writes the .npy version 1.0 stream: magic, header length, a Python dict literal padded
- * with spaces to a multiple of 64 bytes, then little-endian float32 rows. */
-static bool write_npy_stream(FILE *stream, const float *data, int rows, int columns)
-{
-    char header[128];
-    int length = snprintf(header, sizeof header,
-                          "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }", rows,
-                          columns);
-    const int prefix = 10; /* magic (6), version (2), header length (2) */
-    int padded = ((prefix + length + 1 + 63) / 64) * 64 - prefix;
-    while (length < padded - 1)
-        header[length++] = ' ';
-    header[length++] = '\n';
-
-    const unsigned char preamble[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
-                                        (unsigned char)(length & 0xff),
-                                        (unsigned char)(length >> 8)};
-    if (fwrite(preamble, 1, sizeof preamble, stream) != sizeof preamble ||
-        fwrite(header, 1, (size_t)length, stream) != (size_t)length)
-        return false;
-
-    const size_t count = (size_t)rows * (size_t)columns;
-    for (size_t i = 0; i < count; ++i) {
-        uint32_t bits;
-        memcpy(&bits, &data[i], sizeof bits);
-        const unsigned char bytes[4] = {bits & 0xff, (bits >> 8) & 0xff, (bits >> 16) & 0xff,
-                                        bits >> 24};
-        if (fwrite(bytes, 1, sizeof bytes, stream) != sizeof bytes)
-            return false;
-    }
-    return true;
-}
-
-/* Writes the embeddings to PATH.tmp.XXXXXX, then renames it to PATH, so that PATH is never
- * left half-written. */
-static int write_npy(const char *path, const float *data, int rows, int columns)
-{
-    size_t length = strlen(path) + sizeof ".tmp.XXXXXX";
-    char *temporary = malloc(length);
-    if (temporary == NULL) {
-        fprintf(stderr, PROGRAM ": writing %s failed: out of memory\n", path);
-        return EXIT_RUN_FAILURE;
-    }
-    snprintf(temporary, length, "%s.tmp.XXXXXX", path);
-
-    int descriptor = mkstemp(temporary);
-    if (descriptor < 0) {
-        fprintf(stderr, PROGRAM ": creating temporary file %s failed: %s\n", temporary,
-                strerror(errno));
-        free(temporary);
-        return EXIT_RUN_FAILURE;
-    }
-
-    /* mkstemp creates the file with mode 0600; give it the usual 0666 minus the umask. */
-    mode_t mask = umask(0);
-    umask(mask);
-    bool written = fchmod(descriptor, 0666 & ~mask) == 0;
-
-    FILE *stream = fdopen(descriptor, "wb");
-    if (stream == NULL) {
-        written = false;
-        close(descriptor);
-    } else {
-        written = written && write_npy_stream(stream, data, rows, columns);
-        written = written && fflush(stream) == 0 && fsync(fileno(stream)) == 0;
-        written = fclose(stream) == 0 && written;
-    }
-    if (written)
-        written = rename(temporary, path) == 0;
-
-    int status = 0;
-    if (!written) {
-        fprintf(stderr, PROGRAM ": writing %s failed: %s\n", path, strerror(errno));
-        unlink(temporary);
-        status = EXIT_RUN_FAILURE;
-    }
-    free(temporary);
-    return status;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -740,13 +530,21 @@ failed:
 /* Main                                                                                  */
 /* ------------------------------------------------------------------------------------ */
 
-/* Prints the library's warnings and errors. An error is printed again, with the failed step,
+/* Prints the library's warnings and errors, during an embedding call with the sentences
+ * that the call's text numbers refer to. An error is printed again, with the failed step,
  * when the call returns. The logged copy can carry more detail, such as an OpenCL build log. */
 static void log_message(mca_log_level_t level, const char *message, void *user_data)
 {
-    (void)user_data;
-    fprintf(stderr, PROGRAM ": %s: %s\n", level >= MCA_LOG_ERROR ? "error" : "warning",
-            message);
+    const log_state_t *state = user_data;
+    const bool error = level >= MCA_LOG_ERROR;
+    if (!error && state->mute_warnings)
+        return;
+    if (state->mode == NULL)
+        fprintf(stderr, PROGRAM ": %s: %s\n", error ? "error" : "warning", message);
+    else
+        fprintf(stderr, PROGRAM ": %s: %s mode, sentences %d to %d (text 0 is sentence %d): %s\n",
+                error ? "error" : "warning", state->mode, state->first, state->last,
+                state->first, message);
 }
 
 static int create_encoder(const settings_t *settings, mca_context_t **context,
@@ -757,6 +555,7 @@ static int create_encoder(const settings_t *settings, mca_context_t **context,
     options.platform_index = settings->platform_index;
     options.device_index = settings->device_index;
     options.log = log_message;
+    options.log_user_data = &log_state;
     options.log_level = MCA_LOG_WARNING;
 
     if (mca_context_create(&options, context) != MCA_SUCCESS) {
@@ -774,10 +573,17 @@ static int create_encoder(const settings_t *settings, mca_context_t **context,
 int main(int argc, char **argv)
 {
     settings_t settings;
-    int status = parse_arguments(argc, argv, &settings);
-    if (status >= 0)
-        return status;
+    char message[EMBED_ARGS_MESSAGE_SIZE];
+    if (embed_args_parse(argc, argv, &settings, message) != NULL) {
+        print_usage_error(message);
+        return EXIT_USAGE;
+    }
+    if (settings.help) {
+        print_usage(stdout);
+        return EXIT_SUCCESS;
+    }
 
+    int status;
     sentences_t sentences = {NULL, 0, 0};
     mca_context_t *context = NULL;
     mca_encoder_t *encoder = NULL;
@@ -794,6 +600,11 @@ int main(int argc, char **argv)
         goto cleanup;
     }
 
+    if (settings.output_path != NULL && !check_output_path(settings.output_path)) {
+        status = EXIT_RUN_FAILURE;
+        goto cleanup;
+    }
+
     status = create_encoder(&settings, &context, &encoder);
     if (status != 0)
         goto cleanup;
@@ -801,9 +612,10 @@ int main(int argc, char **argv)
     const bool run_exact = settings.mode != RUN_MCA;
     const bool run_mca = settings.mode != RUN_EXACT;
     if (run_exact)
-        status = embed_sentences(encoder, &settings, MCA_MODE_EXACT, &sentences, &exact);
+        status = embed_sentences(encoder, &settings, MCA_MODE_EXACT, &sentences, false, &exact);
     if (status == 0 && run_mca)
-        status = embed_sentences(encoder, &settings, MCA_MODE_MCA, &sentences, &approximate);
+        status = embed_sentences(encoder, &settings, MCA_MODE_MCA, &sentences, run_exact,
+                                 &approximate);
     if (status != 0)
         goto cleanup;
 
@@ -814,11 +626,12 @@ int main(int argc, char **argv)
                                         sentences.count, width);
 
     if (settings.output_path != NULL) {
-        status = write_npy(settings.output_path,
-                           run_mca ? approximate.embeddings : exact.embeddings, sentences.count,
-                           width);
-        if (status != 0)
+        if (!write_npy(settings.output_path,
+                       run_mca ? approximate.embeddings : exact.embeddings, sentences.count,
+                       width)) {
+            status = EXIT_RUN_FAILURE;
             goto cleanup;
+        }
     }
 
     const run_result_t *exact_result = run_exact ? &exact : NULL;
