@@ -81,10 +81,8 @@ struct mca_tokenizer {
 /* UTF-8                                                                                 */
 /* ------------------------------------------------------------------------------------ */
 
-/* Checks that bytes[0 .. length) is UTF-8 as RFC 3629 defines it. On failure stores the
- * offset of the first byte of the invalid sequence and a phrase naming the problem. */
-static bool utf8_validate(const unsigned char *bytes, size_t length, size_t *error_offset,
-                          const char **reason)
+bool mca_utf8_validate(const unsigned char *bytes, size_t length, size_t *error_offset,
+                       const char **reason)
 {
     size_t i = 0;
     while (i < length) {
@@ -146,7 +144,7 @@ static bool utf8_validate(const unsigned char *bytes, size_t length, size_t *err
     return true;
 }
 
-/* Decodes the code point at *position of text that utf8_validate accepted and advances
+/* Decodes the code point at *position of text that mca_utf8_validate accepted and advances
  * *position past it. */
 static uint32_t utf8_decode(const unsigned char *bytes, size_t *position)
 {
@@ -327,7 +325,7 @@ static int parse_vocab(mca_tokenizer_t *tokenizer, const char *path, size_t size
 
         size_t error_offset;
         const char *reason;
-        if (!utf8_validate((const unsigned char *)line, length, &error_offset, &reason))
+        if (!mca_utf8_validate((const unsigned char *)line, length, &error_offset, &reason))
             return mca_error(MCA_ERROR_CORRUPT_FILE,
                              "line %ld of vocab file %s is not valid UTF-8: %s at byte %zu "
                              "of the line; use the model's original vocab.txt",
@@ -823,7 +821,7 @@ int mca_tokenizer_encode(const mca_tokenizer_t *tokenizer, const char *text, siz
 
     size_t error_offset;
     const char *reason;
-    if (!utf8_validate((const unsigned char *)text, length, &error_offset, &reason))
+    if (!mca_utf8_validate((const unsigned char *)text, length, &error_offset, &reason))
         return mca_error(MCA_ERROR_INVALID_TEXT,
                          "text is not valid UTF-8: %s at byte offset %zu (byte 0x%02X); "
                          "convert the text to UTF-8 before encoding it",

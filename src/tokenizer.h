@@ -13,6 +13,7 @@
 #ifndef MCA_TOKENIZER_H
 #define MCA_TOKENIZER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,5 +56,11 @@ int mca_tokenizer_vocab_size(const mca_tokenizer_t *tokenizer);
  */
 int mca_tokenizer_encode(const mca_tokenizer_t *tokenizer, const char *text, size_t length,
                          int max_length, int32_t *ids, int *count, int *truncated);
+
+/* Checks that bytes[0 .. length) is UTF-8 as RFC 3629 defines it: no overlong forms, no
+ * UTF-16 surrogates, nothing above U+10FFFF. On failure stores the offset of the first byte
+ * of the invalid sequence and a phrase naming the problem. */
+bool mca_utf8_validate(const unsigned char *bytes, size_t length, size_t *error_offset,
+                       const char **reason);
 
 #endif /* MCA_TOKENIZER_H */

@@ -18,6 +18,7 @@
 #include "embed_args.h"
 #include "embed_output.h"
 #include "mca.h"
+#include "tokenizer.h"
 
 #define PROGRAM "mca-embed"
 
@@ -134,63 +135,6 @@ static bool is_blank(const char *line)
     return true;
 }
 
-/* Returns the offset of the first byte of `text` that does not belong to valid UTF-8, or
- * `length` when there is none, with the reason in *reason. Applies the tokenizer's rules
- * (src/tokenizer.c): no overlong forms, no UTF-16 surrogates, nothing above U+10FFFF. */
-static size_t find_invalid_utf8(const unsigned char *text, size_t length, const char **reason)
-{
-    static const uint32_t min_code_point[5] = {0, 0, 0x80, 0x800, 0x10000};
-    size_t i = 0;
-    while (i < length) {
-        const unsigned char lead = text[i];
-        size_t sequence_length;
-        uint32_t code_point;
-        if (lead < 0x80) {
-            i++;
-            continue;
-        }
-        if (lead < 0xC0) {
-            *reason = "a continuation byte without a lead byte";
-            return i;
-        }
-        if (lead < 0xE0) {
-            sequence_length = 2;
-            code_point = lead & 0x1Fu;
-        } else if (lead < 0xF0) {
-            sequence_length = 3;
-            code_point = lead & 0x0Fu;
-        } else if (lead < 0xF8) {
-            sequence_length = 4;
-            code_point = lead & 0x07u;
-        } else {
-            *reason = "a byte that never occurs in UTF-8";
-            return i;
-        }
-
-        for (size_t k = 1; k < sequence_length; k++) {
-            if (i + k >= length || (text[i + k] & 0xC0u) != 0x80u) {
-                *reason = "a truncated multi-byte sequence";
-                return i;
-            }
-            code_point = (code_point << 6) | (text[i + k] & 0x3Fu);
-        }
-        if (code_point < min_code_point[sequence_length]) {
-            *reason = "an overlong encoding";
-            return i;
-        }
-        if (code_point >= 0xD800 && code_point <= 0xDFFF) {
-            *reason = "an encoded UTF-16 surrogate";
-            return i;
-        }
-        if (code_point > 0x10FFFF) {
-            *reason = "a code point above U+10FFFF";
-            return i;
-        }
-        i += sequence_length;
-    }
-    return length;
-}
-
 /* Checks that line `number` of `name`, `length` bytes without its line ending, is text the
  * encoder accepts. Prints why and returns false when it contains a NUL byte, which would
  * silently end the sentence early, or is not valid UTF-8. */
@@ -206,8 +150,8 @@ static bool check_line(const char *name, long long number, const char *line, siz
     }
 
     const char *reason = NULL;
-    size_t offset = find_invalid_utf8((const unsigned char *)line, length, &reason);
-    if (offset < length) {
+    size_t offset = 0;
+    if (!mca_utf8_validate((const unsigned char *)line, length, &offset, &reason)) {
         fprintf(stderr,
                 PROGRAM ": line %lld of %s is not valid UTF-8: %s at byte offset %zu (byte "
                         "0x%02X); convert the file to UTF-8\n",
