@@ -870,6 +870,12 @@ static void invalid_forward_arguments(void **state)
                      MCA_ERROR_INVALID_ARGUMENT);
     options.mode = MCA_MODE_MCA;
 
+    options.exact_rows = (mca_exact_rows_t)2;
+    assert_int_equal(mca_attention_forward(layer, &options, 2, 4, lengths, hidden, output, NULL),
+                     MCA_ERROR_INVALID_ARGUMENT);
+    assert_non_null(strstr(mca_last_error(), "exact_rows 2"));
+    options.exact_rows = MCA_EXACT_PAIRS;
+
     const int too_long[] = {4, 5};
     assert_int_equal(mca_attention_forward(layer, &options, 2, 4, too_long, hidden, output, NULL),
                      MCA_ERROR_INVALID_ARGUMENT);
