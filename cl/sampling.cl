@@ -307,23 +307,29 @@ __kernel void gather_rows(const uint row_count, const uint width, __global const
         row == 0xffffffffu ? 0.0f : source[(size_t)row * width + c];
 }
 
-/* Slot q of the exact pairs belongs to group q / rows_per_group and row rows[q]; padding
- * slots (row 0xffffffff) write nothing. exact holds each slot's product without the bias,
- * group_width values that go to value columns (q / rows_per_group) * group_width onwards:
- * one head's d columns for per-head groups, all D for one group of whole rows. */
-__kernel void scatter_exact_values(const uint slot_count, const uint rows_per_group,
-                                   const uint group_width, const uint ld,
-                                   const uint value_offset, __global const uint *rows,
-                                   __global const float *exact, __global const float *bias,
-                                   __global float *values)
+/* Slot first_slot + q of the exact table belongs to group q / rows_per_group and row
+ * rows[first_slot + q]; padding slots (row 0xffffffff) write nothing. Every slot owns
+ * slot_width elements of `exact`, from first_value + q * slot_width, and its first
+ * group_width of them (the product without the bias) go to value columns
+ * (q / rows_per_group) * group_width onwards: one head's d columns for per-head groups, all
+ * D for the group of whole rows. */
+__kernel void scatter_exact_values(const uint first_slot, const uint slot_count,
+                                   const uint first_value, const uint slot_width,
+                                   const uint rows_per_group, const uint group_width,
+                                   const uint ld, const uint value_offset,
+                                   __global const uint *rows, __global const float *exact,
+                                   __global const float *bias, __global float *values)
 {
     const uint c = get_global_id(0);
     const uint q = get_global_id(1);
-    if (c >= group_width || q >= slot_count || rows[q] == 0xffffffffu)
+    if (c >= group_width || q >= slot_count)
+        return;
+    const uint row = rows[first_slot + q];
+    if (row == 0xffffffffu)
         return;
     const uint output = (q / rows_per_group) * group_width + c;
-    values[value_offset + (size_t)rows[q] * ld + output] =
-        exact[(size_t)q * group_width + c] + bias[output];
+    values[value_offset + (size_t)row * ld + output] =
+        exact[first_value + (size_t)q * slot_width + c] + bias[output];
 }
 
 __kernel void philox_known_answer(const uint count, __global const uint *counters,

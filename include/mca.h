@@ -224,7 +224,8 @@ typedef struct mca_forward_stats {
     double paper_ratio_sum;         /* sum of r / D over heads and all positions */
     uint64_t paper_ratio_count;     /* heads * positions, padding included */
     uint64_t uniforms_drawn;        /* 32-bit Philox words generated, four per call */
-    uint64_t search_steps;          /* upper bound: ceil(log2 D) binary-search steps a draw */
+    uint64_t search_steps;          /* r * ceil(log2 D): what a binary search would take; the
+                                     * guided search usually takes one or two steps a draw */
     uint64_t samples_drawn;         /* sum of r over sampled tokens */
     uint64_t distinct_columns;      /* weight columns read after merging equal indices */
     uint64_t histogram[MCA_HISTOGRAM_BINS];

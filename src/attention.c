@@ -537,97 +537,137 @@ static int read_bounds(mca_attention_t *layer, const forward_shape_t *s)
 /* Marks an unused slot of the exact rows' table, padding a head's group. */
 #define NO_ROW 0xffffffffu
 
-/* With MCA_EXACT_WHOLE_ROWS, every row that has an exact head runs as a whole value row in
- * one (rows, D, D) GEMM, if there are at most this many times as many such rows as the
- * largest head's group has. Otherwise each head's group runs in a batched (rows, d, D)
- * GEMM. NOTE: 2 comes from mca-tune's timings on PoCL 3.1 (2-core AMD EPYC), where the
- * batched GEMM with n = d = 64 ran at 7.5 GFLOP/s and the (512, 768, 768) one at 17.7,
- * because CLBlast's tuned Xgemm pads n to its 128-wide tiles. Other devices may differ. */
+/* With MCA_EXACT_WHOLE_ROWS, a sequence computes every head of each token that has an exact
+ * head, if such tokens are at most this many times the exact tokens of its largest head.
+ * The decision is per sequence, so a sequence's result does not depend on the batch. NOTE: 2 comes from mca-tune's timings on PoCL 3.1
+ * (2-core AMD EPYC), where the batched per-head GEMM with n = d = 64 ran at 7.5 GFLOP/s and
+ * the (512, 768, 768) one at 17.7, because CLBlast's tuned Xgemm pads n to its 128-wide
+ * tiles. Other devices may differ. */
 #define WHOLE_ROWS_FACTOR 2
 
-/* How the exact (token, head) pairs are computed: `groups` groups of `rows_per_group` rows
- * of the hidden states, each multiplied by `group_width` rows of W_V. Whole rows are one
- * group of width D, and per-head groups are H groups of width d. */
+/* How the exact (token, head) pairs are computed. Tokens whose every head is exact run as
+ * whole value rows in one (whole_rows, D, D) GEMM. The other exact pairs run in a batched
+ * GEMM of H per-head groups of rows_per_head rows, each against its head's d rows of W_V. */
 typedef struct exact_plan {
-    size_t groups;
-    size_t rows_per_group; /* 0 when no pair is exact */
-    size_t group_width;
+    size_t whole_rows;
+    size_t rows_per_head; /* 0 when no pair outside the whole rows is exact */
 } exact_plan_t;
 
-/* Chooses how to compute the exact pairs and lists their rows in host->exact_rows: slot
- * g * rows_per_group + i contains the i-th row of group g, and NO_ROW pads the groups of heads
- * with fewer exact pairs. In whole-row mode the counts of every head of those rows are
- * raised to D, so that the statistics, the error bounds and the sampling see them as
- * exact; *counts_raised says whether that happened. */
+static bool is_exact(const mca_attention_host_t *host, const forward_shape_t *s, size_t b,
+                     size_t h, size_t j)
+{
+    return host->counts[(b * s->heads + h) * s->tokens + j] >= s->hidden;
+}
+
+/* With MCA_EXACT_WHOLE_ROWS, raises the counts of every head of sequence b's tokens that
+ * have an exact head to D when WHOLE_ROWS_FACTOR allows it. */
+static void raise_whole_rows(mca_attention_host_t *host, const forward_shape_t *s, size_t b,
+                             size_t length)
+{
+    size_t tokens_with_exact = 0, largest_group = 0;
+    for (size_t h = 0; h < s->heads; h++) {
+        size_t group = 0;
+        for (size_t j = 0; j < length; j++)
+            group += is_exact(host, s, b, h, j);
+        largest_group = group > largest_group ? group : largest_group;
+    }
+    for (size_t j = 0; j < length; j++) {
+        for (size_t h = 0; h < s->heads; h++) {
+            if (is_exact(host, s, b, h, j)) {
+                tokens_with_exact++;
+                break;
+            }
+        }
+    }
+    if (tokens_with_exact > WHOLE_ROWS_FACTOR * largest_group)
+        return;
+    for (size_t j = 0; j < length; j++) {
+        bool exact = false;
+        for (size_t h = 0; h < s->heads && !exact; h++)
+            exact = is_exact(host, s, b, h, j);
+        for (size_t h = 0; exact && h < s->heads; h++)
+            host->counts[(b * s->heads + h) * s->tokens + j] = (cl_uint)s->hidden;
+    }
+}
+
+/* Chooses how to compute the exact pairs and lists their rows in host->exact_rows: first
+ * the plan->whole_rows tokens whose every head is exact, then H groups of
+ * plan->rows_per_head slots, where slot i of group h contains the row of head h's i-th
+ * other exact pair and NO_ROW pads the groups of heads with fewer. With
+ * MCA_EXACT_WHOLE_ROWS the counts raised to D stay raised, so that the statistics, the
+ * error bounds and the sampling see those pairs as exact; *counts_raised reports whether
+ * any count changed. */
 static int plan_exact_values(mca_attention_t *layer, const mca_forward_options_t *options,
                              const forward_shape_t *s, const int *lengths, exact_plan_t *plan,
                              bool *counts_raised)
 {
     mca_attention_host_t *host = &layer->host;
-    size_t largest_group = 0, rows_with_exact = 0;
+    size_t triples = s->batch * s->heads * s->tokens;
+    *counts_raised = false;
+    if (options->exact_rows == MCA_EXACT_WHOLE_ROWS) {
+        size_t exact_before = 0, exact_after = 0;
+        for (size_t t = 0; t < triples; t++)
+            exact_before += host->counts[t] >= s->hidden;
+        for (size_t b = 0; b < s->batch; b++)
+            raise_whole_rows(host, s, b, (size_t)lengths[b]);
+        for (size_t t = 0; t < triples; t++)
+            exact_after += host->counts[t] >= s->hidden;
+        *counts_raised = exact_after != exact_before;
+    }
+
+    /* Whole rows first, then the size of the largest per-head group of the others. */
+    plan->whole_rows = 0;
+    plan->rows_per_head = 0;
+    for (size_t b = 0; b < s->batch; b++) {
+        for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+            bool whole = true;
+            for (size_t h = 0; h < s->heads && whole; h++)
+                whole = is_exact(host, s, b, h, j);
+            plan->whole_rows += whole;
+        }
+    }
     for (size_t h = 0; h < s->heads; h++) {
         size_t group = 0;
         for (size_t b = 0; b < s->batch; b++) {
-            const cl_uint *counts = host->counts + (b * s->heads + h) * s->tokens;
-            for (size_t j = 0; j < (size_t)lengths[b]; j++)
-                group += counts[j] >= s->hidden;
-        }
-        largest_group = group > largest_group ? group : largest_group;
-    }
-    for (size_t b = 0; b < s->batch; b++) {
-        for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-            for (size_t h = 0; h < s->heads; h++) {
-                if (host->counts[(b * s->heads + h) * s->tokens + j] >= s->hidden) {
-                    rows_with_exact++;
-                    break;
-                }
+            for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+                bool whole = true;
+                for (size_t g = 0; g < s->heads && whole; g++)
+                    whole = is_exact(host, s, b, g, j);
+                group += !whole && is_exact(host, s, b, h, j);
             }
         }
+        plan->rows_per_head = group > plan->rows_per_head ? group : plan->rows_per_head;
     }
 
-    bool whole_rows = options->exact_rows == MCA_EXACT_WHOLE_ROWS &&
-                      rows_with_exact <= WHOLE_ROWS_FACTOR * largest_group;
-    *plan = whole_rows ? (exact_plan_t){1, rows_with_exact, s->hidden}
-                       : (exact_plan_t){s->heads, largest_group, s->head_width};
-    *counts_raised = false;
-    int status = reserve_host((void **)&host->exact_rows, &host->rows_capacity,
-                              plan->groups * plan->rows_per_group, sizeof(cl_uint));
+    size_t slots = plan->whole_rows + s->heads * plan->rows_per_head;
+    int status = reserve_host((void **)&host->exact_rows, &host->rows_capacity, slots,
+                              sizeof(cl_uint));
     if (status != MCA_SUCCESS)
         return status;
-
-    if (whole_rows) {
-        size_t filled = 0;
-        for (size_t b = 0; b < s->batch; b++) {
-            for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-                bool exact = false;
-                for (size_t h = 0; h < s->heads; h++)
-                    exact = exact || host->counts[(b * s->heads + h) * s->tokens + j] >=
-                                         s->hidden;
-                if (!exact)
-                    continue;
-                host->exact_rows[filled++] = (cl_uint)(b * s->tokens + j);
-                for (size_t h = 0; h < s->heads; h++) {
-                    cl_uint *count = &host->counts[(b * s->heads + h) * s->tokens + j];
-                    *counts_raised = *counts_raised || *count < s->hidden;
-                    *count = (cl_uint)s->hidden;
-                }
-            }
+    size_t whole = 0;
+    for (size_t b = 0; b < s->batch; b++) {
+        for (size_t j = 0; j < (size_t)lengths[b]; j++) {
+            bool all = true;
+            for (size_t h = 0; h < s->heads && all; h++)
+                all = is_exact(host, s, b, h, j);
+            if (all)
+                host->exact_rows[whole++] = (cl_uint)(b * s->tokens + j);
         }
-        return MCA_SUCCESS;
     }
-
     for (size_t h = 0; h < s->heads; h++) {
-        cl_uint *group = host->exact_rows + h * largest_group;
-        size_t filled = 0;
+        cl_uint *group = host->exact_rows + plan->whole_rows + h * plan->rows_per_head;
+        size_t used = 0;
         for (size_t b = 0; b < s->batch; b++) {
-            const cl_uint *counts = host->counts + (b * s->heads + h) * s->tokens;
             for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-                if (counts[j] >= s->hidden)
-                    group[filled++] = (cl_uint)(b * s->tokens + j);
+                bool all = true;
+                for (size_t g = 0; g < s->heads && all; g++)
+                    all = is_exact(host, s, b, g, j);
+                if (!all && is_exact(host, s, b, h, j))
+                    group[used++] = (cl_uint)(b * s->tokens + j);
             }
         }
-        while (filled < largest_group)
-            group[filled++] = NO_ROW;
+        while (used < plan->rows_per_head)
+            group[used++] = NO_ROW;
     }
     return MCA_SUCCESS;
 }
@@ -667,29 +707,60 @@ static int plan_sampled_values(mca_attention_t *layer, const forward_shape_t *s,
     return MCA_SUCCESS;
 }
 
+/* Writes the `count` exact products from slot `first` of the exact table into the value
+ * columns of their rows, with the bias added: group_width values per slot, and slot
+ * first + q to value columns (q / rows_per_group) * group_width onwards. */
+static int scatter_exact_values(mca_attention_t *layer, const forward_shape_t *s, size_t first,
+                                size_t count, size_t rows_per_group, size_t group_width,
+                                cl_mem projections)
+{
+    mca_context_t *context = layer->context;
+    mca_attention_workspace_t *ws = &layer->workspace;
+    cl_kernel scatter = NULL;
+    int status = mca_context_kernel(context, "scatter_exact_values", &scatter);
+    cl_uint first_slot = (cl_uint)first, slots = (cl_uint)count;
+    cl_uint first_value = (cl_uint)(first * s->hidden), slot_width = (cl_uint)s->hidden;
+    cl_uint group_rows = (cl_uint)rows_per_group, width = (cl_uint)group_width;
+    cl_uint ld = (cl_uint)s->proj_ld, value_offset = (cl_uint)(2 * s->hidden);
+    if (status == MCA_SUCCESS)
+        status = mca_set_kernel_args(context, scatter, 12, MCA_ARG(first_slot), MCA_ARG(slots),
+                                     MCA_ARG(first_value), MCA_ARG(slot_width),
+                                     MCA_ARG(group_rows), MCA_ARG(width), MCA_ARG(ld),
+                                     MCA_ARG(value_offset),
+                                     MCA_ARG(ws->exact_rows.buffer),
+                                     MCA_ARG(ws->exact_values.buffer),
+                                     MCA_ARG(layer->value_bias), MCA_ARG(projections));
+    size_t global[2] = {group_width, count};
+    if (status == MCA_SUCCESS)
+        status = mca_launch(context, scatter, 2, global, NULL);
+    return status;
+}
+
 /* Value rows of the exact (token, head) pairs as `plan` groups them: gather their hidden
- * states (zero rows pad the smaller groups), multiply each group by its rows of W_V, then
- * scatter with the bias added. Per-head groups run as one batched GEMM rather than one GEMM
- * per head, because each CLBlast call costs about 2 ms on PoCL, whatever its size. */
+ * states (zero rows pad the per-head groups), one GEMM for the whole rows and one batched
+ * GEMM for the per-head groups, then scatter with the bias added. The per-head groups run
+ * as one batched call rather than one GEMM per head, because each CLBlast call costs about
+ * 2 ms on PoCL, whatever its size. Slot q's product starts at element q * D of
+ * exact_values, so both parts share the gathered rows and the product buffer. */
 static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s,
                                 const exact_plan_t *plan, cl_mem hidden, cl_mem projections)
 {
-    if (plan->rows_per_group == 0)
+    size_t slots = plan->whole_rows + s->heads * plan->rows_per_head;
+    if (slots == 0)
         return MCA_SUCCESS;
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
     mca_attention_host_t *host = &layer->host;
-    size_t slots = plan->groups * plan->rows_per_group;
     int status = reserve(layer, &ws->exact_rows, slots * sizeof(cl_uint), "exact rows");
     if (status == MCA_SUCCESS)
         status = reserve(layer, &ws->exact_hidden, slots * s->hidden * sizeof(float),
                          "exact hidden rows");
     if (status == MCA_SUCCESS)
-        status = reserve(layer, &ws->exact_values, slots * plan->group_width * sizeof(float),
+        status = reserve(layer, &ws->exact_values, slots * s->hidden * sizeof(float),
                          "exact value rows");
     if (status == MCA_SUCCESS)
         status = reserve_host((void **)&host->gemm_offsets, &host->offsets_capacity,
-                              3 * plan->groups, sizeof(size_t));
+                              3 * s->heads, sizeof(size_t));
     if (status == MCA_SUCCESS)
         status = mca_buffer_write(context, ws->exact_rows.buffer, 0, slots * sizeof(cl_uint),
                                   host->exact_rows);
@@ -707,42 +778,42 @@ static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s
     if (status == MCA_SUCCESS)
         status = mca_launch(context, gather, 2, gather_global, NULL);
 
-    /* Group g multiplies by rows g * group_width .. of W_V, the last third of the stacked
-     * projection weight. */
-    size_t *a_offsets = host->gemm_offsets;
-    size_t *b_offsets = a_offsets + plan->groups;
-    size_t *c_offsets = b_offsets + plan->groups;
-    for (size_t g = 0; g < plan->groups; g++) {
-        a_offsets[g] = g * plan->rows_per_group * s->hidden;
-        b_offsets[g] = (2 * s->hidden + g * plan->group_width) * s->hidden;
-        c_offsets[g] = g * plan->rows_per_group * plan->group_width;
+    /* W_V is the last third of the stacked projection weight. */
+    size_t value_weight = 2 * s->hidden * s->hidden;
+    if (status == MCA_SUCCESS && plan->whole_rows > 0) {
+        mca_matrix_t x = {ws->exact_hidden.buffer, 0, s->hidden};
+        mca_matrix_t w = {layer->projection_weight, value_weight, s->hidden};
+        mca_matrix_t v = {ws->exact_values.buffer, 0, s->hidden};
+        status = mca_gemm(context, false, true, plan->whole_rows, s->hidden, s->hidden, 1.0f,
+                          x, w, 0.0f, v);
+        if (status == MCA_SUCCESS)
+            status = scatter_exact_values(layer, s, 0, plan->whole_rows, plan->whole_rows,
+                                          s->hidden, projections);
     }
-    mca_matrix_t x = {ws->exact_hidden.buffer, 0, s->hidden};
-    mca_matrix_t w = {layer->projection_weight, b_offsets[0], s->hidden};
-    mca_matrix_t v = {ws->exact_values.buffer, 0, plan->group_width};
-    if (status == MCA_SUCCESS && plan->groups == 1)
-        status = mca_gemm(context, false, true, plan->rows_per_group, plan->group_width,
-                          s->hidden, 1.0f, x, w, 0.0f, v);
-    else if (status == MCA_SUCCESS)
-        status = mca_gemm_batched(context, false, true, plan->rows_per_group, plan->group_width,
-                                  s->hidden, 1.0f, x, a_offsets, w, b_offsets, 0.0f, v,
-                                  c_offsets, plan->groups);
 
-    cl_kernel scatter = NULL;
-    if (status == MCA_SUCCESS)
-        status = mca_context_kernel(context, "scatter_exact_values", &scatter);
-    cl_uint rows_per_group = (cl_uint)plan->rows_per_group;
-    cl_uint group_width = (cl_uint)plan->group_width;
-    cl_uint ld = (cl_uint)s->proj_ld, value_offset = (cl_uint)(2 * s->hidden);
-    if (status == MCA_SUCCESS)
-        status = mca_set_kernel_args(context, scatter, 9, MCA_ARG(count),
-                                     MCA_ARG(rows_per_group), MCA_ARG(group_width), MCA_ARG(ld),
-                                     MCA_ARG(value_offset), MCA_ARG(ws->exact_rows.buffer),
-                                     MCA_ARG(ws->exact_values.buffer),
-                                     MCA_ARG(layer->value_bias), MCA_ARG(projections));
-    size_t scatter_global[2] = {plan->group_width, slots};
-    if (status == MCA_SUCCESS)
-        status = mca_launch(context, scatter, 2, scatter_global, NULL);
+    if (status == MCA_SUCCESS && plan->rows_per_head > 0) {
+        /* Group h's products are (rows_per_head, d) with row stride D, so that slot q's
+         * product starts at element q * D like the whole rows'. */
+        size_t *a_offsets = host->gemm_offsets;
+        size_t *b_offsets = a_offsets + s->heads;
+        size_t *c_offsets = b_offsets + s->heads;
+        for (size_t h = 0; h < s->heads; h++) {
+            size_t first_slot = plan->whole_rows + h * plan->rows_per_head;
+            a_offsets[h] = first_slot * s->hidden;
+            b_offsets[h] = value_weight + h * s->head_width * s->hidden;
+            c_offsets[h] = first_slot * s->hidden;
+        }
+        mca_matrix_t x = {ws->exact_hidden.buffer, 0, s->hidden};
+        mca_matrix_t w = {layer->projection_weight, 0, s->hidden};
+        mca_matrix_t v = {ws->exact_values.buffer, 0, s->hidden};
+        status = mca_gemm_batched(context, false, true, plan->rows_per_head, s->head_width,
+                                  s->hidden, 1.0f, x, a_offsets, w, b_offsets, 0.0f, v,
+                                  c_offsets, s->heads);
+        if (status == MCA_SUCCESS)
+            status = scatter_exact_values(layer, s, plan->whole_rows,
+                                          s->heads * plan->rows_per_head, plan->rows_per_head,
+                                          s->head_width, projections);
+    }
     return status;
 }
 
@@ -900,7 +971,7 @@ static int compute_mca_values(mca_attention_t *layer, const mca_forward_options_
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
     size_t sample_total = 0;
-    exact_plan_t plan = {0, 0, 0};
+    exact_plan_t plan = {0, 0};
     bool counts_raised = false;
 
     int status = mark_stage(layer, MCA_STAGE_PLANNING, 0);
@@ -954,9 +1025,19 @@ static int compute_mca_values(mca_attention_t *layer, const mca_forward_options_
  * CL_DEVICE_GLOBAL_MEM_SIZE. The buffers whose size depends on the sample counts are checked
  * when they are created, by mca_buffer_create. */
 static int check_device_limits(const mca_attention_t *layer, const forward_shape_t *s,
-                               bool host_copies)
+                               bool host_copies, mca_mode_t mode)
 {
     const mca_context_t *context = layer->context;
+    /* The sampling kernel counts the draws of a pair in local memory, one counter per
+     * column, plus one per work-item; see mca_sampling_draw. */
+    size_t counters = (s->hidden + context->local_size + 1) * sizeof(cl_uint);
+    if (mode == MCA_MODE_MCA && counters > context->local_mem_size)
+        return mca_context_error(context, MCA_ERROR_DEVICE_LIMIT,
+                                 "MCA mode needs %zu bytes of local memory for hidden size %zu, "
+                                 "but the device has %llu (CL_DEVICE_LOCAL_MEM_SIZE); use exact "
+                                 "mode on this device",
+                                 counters, s->hidden,
+                                 (unsigned long long)context->local_mem_size);
     const struct {
         const char *what;
         size_t bytes;
@@ -1085,7 +1166,7 @@ mca_status_t mca_attention_forward_buffers(mca_attention_t *attention,
     if (status != MCA_SUCCESS)
         return mca_context_error(attention->context, status, "%s", mca_last_error());
     forward_shape_t s = make_shape(attention, batch, tokens);
-    status = check_device_limits(attention, &s, false);
+    status = check_device_limits(attention, &s, false, options->mode);
     if (status != MCA_SUCCESS)
         return status;
 
@@ -1139,7 +1220,7 @@ mca_status_t mca_attention_forward(mca_attention_t *attention, const mca_forward
     if (status != MCA_SUCCESS)
         return mca_context_error(attention->context, status, "%s", mca_last_error());
     forward_shape_t s = make_shape(attention, batch, tokens);
-    status = check_device_limits(attention, &s, true);
+    status = check_device_limits(attention, &s, true, options->mode);
     if (status != MCA_SUCCESS)
         return status;
 

@@ -339,6 +339,10 @@ void mca_context_destroy(mca_context_t *context)
 {
     if (context == NULL)
         return;
+    /* A failed call can leave commands queued; PoCL crashed at exit when the process
+     * released their kernels and program while they still ran. */
+    if (context->queue != NULL)
+        clFinish(context->queue);
     for (int i = 0; i < context->kernel_count; i++)
         clReleaseKernel(context->kernels[i].kernel);
     if (context->program != NULL)

@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,10 +312,57 @@ static int parse_file(const mca_context_t *context, const char *path, const char
 }
 
 /* Hands every entry to CLBlast and logs the kernel names. */
-static int apply_entries(mca_context_t *context, const char *path, const tuning_file_t *file)
+/* Devices on which CLBlast keeps parameters that a context rejected: parameters that gave
+ * wrong GEMM results, or that CLBlast accepted before it rejected a later entry of the same
+ * file. CLBlast 1.5.3 has no call that restores its defaults (CLBlastClearCache keeps
+ * overridden parameters), so every later context on such a device is refused instead of
+ * computing with them. */
+#define MAX_BLOCKED_DEVICES 16
+static struct {
+    pthread_mutex_t lock;
+    size_t count;
+    cl_device_id devices[MAX_BLOCKED_DEVICES];
+    char paths[MAX_BLOCKED_DEVICES][4096];
+} blocked = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void block_device(cl_device_id device, const char *path)
+{
+    pthread_mutex_lock(&blocked.lock);
+    if (blocked.count < MAX_BLOCKED_DEVICES) {
+        blocked.devices[blocked.count] = device;
+        snprintf(blocked.paths[blocked.count], sizeof blocked.paths[0], "%s", path);
+        blocked.count++;
+    }
+    pthread_mutex_unlock(&blocked.lock);
+}
+
+/* Returns an error when an earlier context of this process left rejected parameters on the
+ * context's device. */
+static int check_device_not_blocked(mca_context_t *context)
+{
+    char path[sizeof blocked.paths[0]] = "";
+    pthread_mutex_lock(&blocked.lock);
+    for (size_t i = 0; i < blocked.count && path[0] == '\0'; i++) {
+        if (blocked.devices[i] == context->device)
+            snprintf(path, sizeof path, "%s", blocked.paths[i]);
+    }
+    pthread_mutex_unlock(&blocked.lock);
+    if (path[0] == '\0')
+        return MCA_SUCCESS;
+    return mca_context_error(context, MCA_ERROR_INVALID_CONFIG,
+                             "CLBlast still holds the parameters from '%s' that were rejected "
+                             "earlier in this process for device '%s', and CLBlast cannot "
+                             "restore its defaults; restart the process without that file",
+                             path, context->device_name);
+}
+
+/* Passes every entry to CLBlast; *installed counts the entries CLBlast accepted. */
+static int apply_entries(mca_context_t *context, const char *path, const tuning_file_t *file,
+                         size_t *installed)
 {
     char kernels[512] = "";
     size_t used = 0;
+    *installed = 0;
     for (size_t i = 0; i < file->entry_count; i++) {
         const tuning_entry_t *entry = &file->entries[i];
         mca_clblast_lock();
@@ -328,6 +376,7 @@ static int apply_entries(mca_context_t *context, const char *path, const tuning_
                                      "(%d); rerun tools/tune to write the file for this CLBlast "
                                      "version and device",
                                      path, entry->kernel, mca_status_string(code), (int)code);
+        (*installed)++;
         int written = snprintf(kernels + used, sizeof kernels - used, "%s%s", i > 0 ? ", " : "",
                                entry->kernel);
         if (written > 0 && used + (size_t)written < sizeof kernels)
@@ -392,8 +441,9 @@ static int gemm_error(mca_context_t *context, size_t m, size_t n, size_t k, bool
  * whose GEMMs return garbage and write outside their buffers, so a file is used only after
  * this check passes.
  */
-static int verify_tuned_gemm(mca_context_t *context, const char *path)
+static int verify_tuned_gemm(mca_context_t *context, const char *path, bool *wrong_results)
 {
+    *wrong_results = false;
     static const size_t shapes[][4] = {
         {24, 40, 32, 1}, {200, 100, 300, 1}, {128, 384, 384, 1}, {128, 32, 128, 0}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
@@ -403,7 +453,8 @@ static int verify_tuned_gemm(mca_context_t *context, const char *path)
         if (status != MCA_SUCCESS)
             return status;
         /* Inputs below 0.5 in magnitude: float rounding stays under 1e-6 * k. */
-        if (!(error <= 1e-6 * (double)k))
+        *wrong_results = !(error <= 1e-6 * (double)k);
+        if (*wrong_results)
             return mca_context_error(context, MCA_ERROR_INVALID_CONFIG,
                                      "the tuned CLBlast parameters in '%s' give wrong GEMM "
                                      "results on '%s' (largest error %.3g for m=%zu, n=%zu, "
@@ -415,6 +466,9 @@ static int verify_tuned_gemm(mca_context_t *context, const char *path)
 
 int mca_tuning_apply(mca_context_t *context, const char *path)
 {
+    int blocked_status = check_device_not_blocked(context);
+    if (blocked_status != MCA_SUCCESS)
+        return blocked_status;
     if (path != NULL && path[0] == '\0') {
         mca_log(context, MCA_LOG_INFO,
                 "not applying tuned CLBlast parameters because the tuning file is \"\"; "
@@ -472,17 +526,23 @@ int mca_tuning_apply(mca_context_t *context, const char *path)
      * NOTE: when CLBlast rejects an entry, the entries before it stay applied. */
     tuning_file_t file = {0};
     status = parse_file(context, path, text, &file);
+    size_t installed = 0;
+    bool wrong_results = false;
     if (status == MCA_SUCCESS)
-        status = apply_entries(context, path, &file);
+        status = apply_entries(context, path, &file, &installed);
+    bool partly_installed = status != MCA_SUCCESS && installed > 0;
     if (status == MCA_SUCCESS)
-        status = verify_tuned_gemm(context, path);
-    /* Rejected parameters would stay installed for the device in the whole process, so
-     * they are dropped again. */
-    if (status != MCA_SUCCESS && file.entry_count > 0) {
+        status = verify_tuned_gemm(context, path, &wrong_results);
+    /* Programs compiled with rejected parameters are dropped, but the parameters stay, so
+     * the device is blocked for the rest of the process. A check that failed for another
+     * reason (out of memory) does not count against the parameters. */
+    if (status != MCA_SUCCESS && installed > 0) {
         mca_clblast_lock();
         CLBlastClearCache();
         mca_clblast_unlock();
     }
+    if (wrong_results || partly_installed)
+        block_device(context->device, path);
     tuning_file_free(&file);
     free(text);
     return status;

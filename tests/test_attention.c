@@ -175,6 +175,65 @@ static void batch_equals_single_sequences(void **state)
     free(single);
 }
 
+/* In MCA mode, with either rule for exact rows, a sequence of a batch gives what it gives
+ * alone with the same sequence number: the whole-rows decision is made per sequence. */
+static void mca_batch_equals_single_sequences(void **state)
+{
+    (void)state;
+    test_weights_t t;
+    test_weights_random(&t, 64, 4, 35, 0.2f);
+    const int D = 64, tokens = 11, batch = 4;
+    const int lengths[] = {11, 3, 7, 0};
+    size_t count = (size_t)batch * tokens * D;
+    float *hidden = malloc(count * sizeof *hidden);
+    float *batched = malloc(count * sizeof *batched);
+    float *single = malloc(count * sizeof *single);
+    test_rng_t rng = {36};
+    test_fill(&rng, hidden, count, 1.0f);
+
+    mca_attention_t *layer = NULL;
+    assert_int_equal(mca_attention_create(context, &t.w, &layer), MCA_SUCCESS);
+    mca_forward_options_t options;
+    mca_forward_options_init(&options);
+    options.mode = MCA_MODE_MCA;
+    options.seed = 11;
+    const mca_exact_rows_t rules[] = {MCA_EXACT_PAIRS, MCA_EXACT_WHOLE_ROWS};
+    const float alphas[] = {0.3f, 0.6f, 1.2f};
+    uint64_t exact_pairs[2] = {0, 0};
+    for (size_t r = 0; r < 2; r++) {
+        for (size_t a = 0; a < sizeof alphas / sizeof *alphas; a++) {
+            options.exact_rows = rules[r];
+            options.alpha = alphas[a];
+            options.first_sequence = 0;
+            run_t run = {batch, tokens, lengths, hidden, batched};
+            mca_forward_stats_t stats;
+            mca_forward_stats_reset(&stats);
+            assert_int_equal(forward(layer, &options, &run, &stats), MCA_SUCCESS);
+            exact_pairs[r] += stats.histogram[MCA_HISTOGRAM_BINS - 1];
+            for (int b = 0; b < batch; b++) {
+                if (lengths[b] == 0)
+                    continue;
+                size_t offset = (size_t)b * tokens * D;
+                options.first_sequence = (uint32_t)b;
+                run_t one = {1, lengths[b], &lengths[b], hidden + offset, single + offset};
+                assert_int_equal(forward(layer, &options, &one, NULL), MCA_SUCCESS);
+                double difference = max_difference(batched + offset, single + offset,
+                                                   (size_t)lengths[b] * D);
+                if (!(difference < 1e-5))
+                    fail_msg("rule %zu, alpha %g, sequence %d: difference %g", r,
+                             (double)alphas[a], b, difference);
+            }
+        }
+    }
+    /* Whole rows made more pairs exact somewhere, so both rules were really exercised. */
+    assert_true(exact_pairs[1] > exact_pairs[0]);
+    mca_attention_destroy(layer);
+    free(t.storage);
+    free(hidden);
+    free(batched);
+    free(single);
+}
+
 /* Padded rows filled with NaN in the second run must leave every valid output unchanged. */
 static void check_padding_invariance(mca_mode_t mode)
 {
@@ -765,6 +824,24 @@ static void device_limits_checked_first(void **state)
     assert_non_null(strstr(mca_last_error(), "CL_DEVICE_GLOBAL_MEM_SIZE"));
     context->global_mem_size = saved_global;
 
+    /* MCA mode needs (D + work-group size + 1) counters of local memory. */
+    const cl_ulong saved_local = context->local_mem_size;
+    context->local_mem_size = 64;
+    options.mode = MCA_MODE_MCA;
+    mca_fault_set(MCA_FAULT_BUFFER_CREATION, 0);
+    assert_int_equal(mca_attention_forward(layer, &options, 2, tokens, lengths, hidden, output,
+                                           NULL),
+                     MCA_ERROR_DEVICE_LIMIT);
+    assert_int_equal(mca_fault_calls(MCA_FAULT_BUFFER_CREATION), 0);
+    mca_fault_clear();
+    assert_non_null(strstr(mca_last_error(), "CL_DEVICE_LOCAL_MEM_SIZE"));
+    assert_non_null(strstr(mca_last_error(), "use exact mode"));
+    options.mode = MCA_MODE_EXACT;
+    assert_int_equal(mca_attention_forward(layer, &options, 2, tokens, lengths, hidden, output,
+                                           NULL),
+                     MCA_SUCCESS);
+    context->local_mem_size = saved_local;
+
     /* With the real limits the same call runs. */
     assert_int_equal(mca_attention_forward(layer, &options, 2, tokens, lengths, hidden, output,
                                            NULL),
@@ -957,6 +1034,7 @@ int main(void)
         cmocka_unit_test(exact_matches_reference_random),
         cmocka_unit_test(exact_matches_reference_real),
         cmocka_unit_test(batch_equals_single_sequences),
+        cmocka_unit_test(mca_batch_equals_single_sequences),
         cmocka_unit_test(padding_changes_nothing_exact),
         cmocka_unit_test(padding_changes_nothing_mca),
         cmocka_unit_test(full_samples_take_exact_path),

@@ -136,6 +136,16 @@ run_embed output-is-directory "${no_model[@]}" --output "$work/a-directory" "$wo
 check_error output-is-directory 1 "cannot write --output $work/a-directory: it is a directory"
 check_no_temporary output-is-directory "$work"
 
+ln -s "$work/good.txt" "$work/a-link.npy"
+run_embed output-is-symlink "${no_model[@]}" --output "$work/a-link.npy" "$work/good.txt"
+check_error output-is-symlink 1 "cannot write --output $work/a-link.npy: it exists and is not a regular file"
+[[ -L $work/a-link.npy ]] || fail "output-is-symlink: the symbolic link was replaced"
+
+mkfifo "$work/a-pipe.npy"
+run_embed output-is-pipe "${no_model[@]}" --output "$work/a-pipe.npy" "$work/good.txt"
+check_error output-is-pipe 1 "cannot write --output $work/a-pipe.npy: it exists and is not a regular file"
+[[ -p $work/a-pipe.npy ]] || fail "output-is-pipe: the pipe was replaced"
+
 run_embed output-empty "${no_model[@]}" --output= "$work/good.txt"
 check_error output-empty 2 "invalid value for --output: \"\"; expected a file path"
 

@@ -284,16 +284,22 @@ static void draws_ignore_work_group_size(void **state)
 
     draw_setup_t s;
     draw_setup_create(&s, D, 300, 37, 1, 777);
-    size_t original = context->local_size;
+    /* CPUs draw with one work-item per pair. Clearing is_cpu runs the GPU path too, where
+     * work-groups of 7 and 64 share each pair's counters in local memory. */
+    const size_t original = context->local_size;
+    const bool original_cpu = context->is_cpu;
     const size_t sizes[] = {1, 7, 64};
-    draw_result_t results[3];
-    for (int i = 0; i < 3; i++) {
-        context->local_size = sizes[i] < context->max_work_group_size ? sizes[i]
-                                                                      : context->max_work_group_size;
+    draw_result_t results[6];
+    for (int i = 0; i < 6; i++) {
+        context->is_cpu = i < 3;
+        context->local_size = sizes[i % 3] < context->max_work_group_size
+                                  ? sizes[i % 3]
+                                  : context->max_work_group_size;
         draw_and_read(layer, &s, &results[i]);
     }
     context->local_size = original;
-    for (int i = 1; i < 3; i++) {
+    context->is_cpu = original_cpu;
+    for (int i = 1; i < 6; i++) {
         assert_memory_equal(results[0].distinct, results[i].distinct,
                             s.pair_count * sizeof(cl_uint));
         for (size_t q = 0; q < s.pair_count; q++) {
@@ -307,7 +313,7 @@ static void draws_ignore_work_group_size(void **state)
     }
     /* Different tokens draw different indices: independent counters. */
     assert_true(memcmp(results[0].columns, results[0].columns + s.r, s.r * sizeof(cl_uint)) != 0);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 6; i++)
         draw_result_free(&results[i]);
     draw_setup_release(&s);
     mca_attention_destroy(layer);
@@ -437,18 +443,24 @@ static void forward_ignores_work_group_size(void **state)
     options.alpha = 1.0f;
     options.seed = 99;
 
-    size_t original = context->local_size;
+    /* One work-item per work-group on the CPU path, against the default size on the GPU
+     * path, whose accumulation kernel sums in the same order. */
+    const size_t original = context->local_size;
+    const bool original_cpu = context->is_cpu;
     context->local_size = 1;
+    context->is_cpu = true;
     assert_int_equal(mca_attention_forward(e.layer, &options, 1, EST_T, &length, e.hidden, first,
                                            NULL),
                      MCA_SUCCESS);
     context->local_size = original;
+    context->is_cpu = false;
     assert_int_equal(mca_attention_forward(e.layer, &options, 1, EST_T, &length, e.hidden,
                                            e.output, NULL),
                      MCA_SUCCESS);
     /* Every work-item computes its outputs in a fixed order, so the results agree to the
      * bit, not only to float rounding. */
     assert_memory_equal(first, e.output, count * sizeof *first);
+    context->is_cpu = original_cpu;
 
     options.seed = 100;
     assert_int_equal(mca_attention_forward(e.layer, &options, 1, EST_T, &length, e.hidden,

@@ -538,6 +538,42 @@ static void default_file_applied(void **state)
     assert_non_null(strstr(fixture->log, expected));
 }
 
+/* Parameters that pass CLBlast's checks but compute wrong products stay installed in
+ * CLBlast for the whole process, so the device is refused from then on. This test runs
+ * last, because no later context of this process can use the device. */
+static void wrong_results_block_device(void **state)
+{
+    fixture_t *fixture = *state;
+    char path[512], text[4096];
+    /* MWG = 7 is no multiple of the work-group tiling, which CLBlast 1.5.3 does not check. */
+    snprintf(text, sizeof text,
+             FILE_HEADER "\"device\": \"%s\", \"kernels\": ["
+                         "{\"kernel\": \"Xgemm\", \"precision\": 32, \"parameters\": {"
+                         "\"GEMMK\": 0, \"KREG\": 1, \"KWG\": 16, \"KWI\": 2, \"MDIMA\": 16, "
+                         "\"MDIMC\": 8, \"MWG\": 7, \"NDIMB\": 32, \"NDIMC\": 16, "
+                         "\"NWG\": 128, \"SA\": 0, \"SB\": 0, \"STRM\": 1, \"STRN\": 1, "
+                         "\"VWM\": 8, \"VWN\": 4}},"
+                         "{\"kernel\": \"GemmRoutine\", \"precision\": 32, "
+                         "\"parameters\": {\"XGEMM_MIN_INDIRECT_SIZE\": 8}}]}",
+             mca_context_device_name(fixture->context));
+    write_file(fixture, "wrong.json", text, path, sizeof path);
+
+    assert_int_equal(mca_tuning_apply(fixture->context, path), MCA_ERROR_INVALID_CONFIG);
+    assert_non_null(strstr(mca_last_error(), "wrong GEMM results"));
+
+    /* Neither "no file" nor a fresh context may now compute with CLBlast's state. */
+    assert_int_equal(mca_tuning_apply(fixture->context, ""), MCA_ERROR_INVALID_CONFIG);
+    assert_non_null(strstr(mca_last_error(), path));
+    assert_non_null(strstr(mca_last_error(), "restart the process"));
+    mca_context_options_t options;
+    mca_context_options_init(&options);
+    options.tuning_file = "";
+    mca_context_t *context = NULL;
+    assert_int_equal(mca_context_create(&options, &context), MCA_ERROR_INVALID_CONFIG);
+    assert_null(context);
+    assert_non_null(strstr(mca_last_error(), "restart the process"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -559,6 +595,7 @@ int main(void)
         cmocka_unit_test_setup(empty_path_applies_nothing, reset),
         cmocka_unit_test_setup(no_default_file, reset),
         cmocka_unit_test_setup(default_file_applied, reset),
+        cmocka_unit_test_setup(wrong_results_block_device, reset),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -130,6 +130,16 @@ bool check_output_path(const char *path)
                 path, path);
         return false;
     }
+    /* The rename at the end replaces whatever is at the path, so a symbolic link, device or
+     * pipe there (for example /dev/null under root) would become a regular file. */
+    if (lstat(path, &info) == 0 && !S_ISREG(info.st_mode)) {
+        fprintf(stderr,
+                PROGRAM ": cannot write --output %s: it exists and is not a regular file (a "
+                        "symbolic link, device, pipe or socket), which writing would replace; "
+                        "give the path of a regular file or of a new one\n",
+                path);
+        return false;
+    }
 
     temporary_file_t file;
     if (!create_temporary(path, &file))

@@ -76,6 +76,7 @@ typedef struct settings {
     const char *work_dir;    /* NULL uses a temporary directory, removed after a success */
     double effort;
     bool switch_only; /* keep the file's kernel parameters, measure only the switch point */
+    bool print_path;  /* print the file that a run would write, and exit */
     int platform_index;
     int device_index;
 } settings_t;
@@ -137,6 +138,8 @@ static void print_usage(void)
            "  --switch-only    keep the kernel parameters of the existing file and measure only\n"
            "                   the switch point between XgemmDirect and Xgemm (a few minutes),\n"
            "                   for example after the library started to use new GEMM shapes\n"
+           "  --print-path     print the file that a run would write, which contexts on this\n"
+           "                   device read, and exit\n"
            "  --help           show this help\n"
            "\n"
            "DEVICE is the OpenCL device name with every run of characters other than letters,\n"
@@ -169,7 +172,7 @@ static int resolve_index(const char *option, const char *variable)
 static void parse_arguments(int argc, char **argv, settings_t *settings)
 {
     enum { OPTION_OUTPUT = 256, OPTION_PLATFORM, OPTION_DEVICE, OPTION_EFFORT, OPTION_WORK_DIR,
-           OPTION_SWITCH_ONLY, OPTION_HELP };
+           OPTION_SWITCH_ONLY, OPTION_PRINT_PATH, OPTION_HELP };
     static const struct option options[] = {
         {"output", required_argument, NULL, OPTION_OUTPUT},
         {"platform", required_argument, NULL, OPTION_PLATFORM},
@@ -177,6 +180,7 @@ static void parse_arguments(int argc, char **argv, settings_t *settings)
         {"effort", required_argument, NULL, OPTION_EFFORT},
         {"work-dir", required_argument, NULL, OPTION_WORK_DIR},
         {"switch-only", no_argument, NULL, OPTION_SWITCH_ONLY},
+        {"print-path", no_argument, NULL, OPTION_PRINT_PATH},
         {"help", no_argument, NULL, OPTION_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -195,6 +199,7 @@ static void parse_arguments(int argc, char **argv, settings_t *settings)
         case OPTION_DEVICE: device = optarg; break;
         case OPTION_WORK_DIR: settings->work_dir = optarg; break;
         case OPTION_SWITCH_ONLY: settings->switch_only = true; break;
+        case OPTION_PRINT_PATH: settings->print_path = true; break;
         case OPTION_EFFORT:
             settings->effort = strtod(optarg, &end);
             if (end == optarg || *end != '\0' || !(settings->effort >= 0.05) ||
@@ -567,15 +572,24 @@ static void add_tuner_result(cJSON *document, const tuner_t *tuner, tuner_result
 /* Reads an existing tuning file for --switch-only and removes its GemmRoutine entry, which
  * the run measures again. Returns NULL with a message when the file is missing or not a
  * tuning file. */
-static cJSON *read_kernel_parameters(const char *path)
+static cJSON *read_kernel_parameters(const char *path, const char *device_name)
 {
     cJSON *document = read_json_file(path);
     const cJSON *format = cJSON_GetObjectItemCaseSensitive(document, "format");
+    const cJSON *device = cJSON_GetObjectItemCaseSensitive(document, "device");
     cJSON *kernels = cJSON_GetObjectItemCaseSensitive(document, "kernels");
     if (!cJSON_IsString(format) || strcmp(format->valuestring, MCA_TUNING_FORMAT) != 0 ||
         !cJSON_IsArray(kernels)) {
         fprintf(stderr, "%s: --switch-only needs an existing tuning file, but '%s' is missing "
                 "or not one; run %s without --switch-only first\n", PROGRAM, path, PROGRAM);
+        cJSON_Delete(document);
+        return NULL;
+    }
+    if (!cJSON_IsString(device) || strcmp(device->valuestring, device_name) != 0) {
+        fprintf(stderr, "%s: --switch-only keeps the kernel parameters of '%s', but they were "
+                "tuned for device '%s', not '%s'; run %s without --switch-only\n", PROGRAM,
+                path, cJSON_IsString(device) ? device->valuestring : "(none)", device_name,
+                PROGRAM);
         cJSON_Delete(document);
         return NULL;
     }
@@ -707,7 +721,7 @@ int main(int argc, char **argv)
 {
     settings_t settings;
     parse_arguments(argc, argv, &settings);
-    if (!tuners_installed())
+    if (!settings.print_path && !tuners_installed())
         return EXIT_RUN_FAILURE;
 
     mca_context_t *context = create_context(&settings);
@@ -722,6 +736,11 @@ int main(int argc, char **argv)
         mca_context_destroy(context);
         return EXIT_RUN_FAILURE;
     }
+    if (settings.print_path) {
+        puts(output_path);
+        mca_context_destroy(context);
+        return EXIT_SUCCESS;
+    }
     char work_dir[4096];
     if (!prepare_work_dir(&settings, work_dir, sizeof work_dir)) {
         mca_context_destroy(context);
@@ -732,7 +751,7 @@ int main(int argc, char **argv)
                       output_path);
 
     double start = monotonic_seconds();
-    cJSON *document = settings.switch_only ? read_kernel_parameters(output_path)
+    cJSON *document = settings.switch_only ? read_kernel_parameters(output_path, device_name)
                                            : create_document(device_name);
     if (document == NULL) {
         mca_context_destroy(context);
