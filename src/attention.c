@@ -559,6 +559,17 @@ static bool is_exact(const mca_attention_host_t *host, const forward_shape_t *s,
     return host->counts[(b * s->heads + h) * s->tokens + j] >= s->hidden;
 }
 
+/* Whether every head of token j of sequence b is exact. */
+static bool is_whole_row(const mca_attention_host_t *host, const forward_shape_t *s, size_t b,
+                         size_t j)
+{
+    for (size_t h = 0; h < s->heads; h++) {
+        if (!is_exact(host, s, b, h, j))
+            return false;
+    }
+    return true;
+}
+
 /* With MCA_EXACT_WHOLE_ROWS, raises the counts of every head of sequence b's tokens that
  * have an exact head to D when WHOLE_ROWS_FACTOR allows it. */
 static void raise_whole_rows(mca_attention_host_t *host, const forward_shape_t *s, size_t b,
@@ -619,22 +630,14 @@ static int plan_exact_values(mca_attention_t *layer, const mca_forward_options_t
     plan->whole_rows = 0;
     plan->rows_per_head = 0;
     for (size_t b = 0; b < s->batch; b++) {
-        for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-            bool whole = true;
-            for (size_t h = 0; h < s->heads && whole; h++)
-                whole = is_exact(host, s, b, h, j);
-            plan->whole_rows += whole;
-        }
+        for (size_t j = 0; j < (size_t)lengths[b]; j++)
+            plan->whole_rows += is_whole_row(host, s, b, j);
     }
     for (size_t h = 0; h < s->heads; h++) {
         size_t group = 0;
         for (size_t b = 0; b < s->batch; b++) {
-            for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-                bool whole = true;
-                for (size_t g = 0; g < s->heads && whole; g++)
-                    whole = is_exact(host, s, b, g, j);
-                group += !whole && is_exact(host, s, b, h, j);
-            }
+            for (size_t j = 0; j < (size_t)lengths[b]; j++)
+                group += !is_whole_row(host, s, b, j) && is_exact(host, s, b, h, j);
         }
         plan->rows_per_head = group > plan->rows_per_head ? group : plan->rows_per_head;
     }
@@ -647,10 +650,7 @@ static int plan_exact_values(mca_attention_t *layer, const mca_forward_options_t
     size_t whole = 0;
     for (size_t b = 0; b < s->batch; b++) {
         for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-            bool all = true;
-            for (size_t h = 0; h < s->heads && all; h++)
-                all = is_exact(host, s, b, h, j);
-            if (all)
+            if (is_whole_row(host, s, b, j))
                 host->exact_rows[whole++] = (cl_uint)(b * s->tokens + j);
         }
     }
@@ -659,10 +659,7 @@ static int plan_exact_values(mca_attention_t *layer, const mca_forward_options_t
         size_t used = 0;
         for (size_t b = 0; b < s->batch; b++) {
             for (size_t j = 0; j < (size_t)lengths[b]; j++) {
-                bool all = true;
-                for (size_t g = 0; g < s->heads && all; g++)
-                    all = is_exact(host, s, b, g, j);
-                if (!all && is_exact(host, s, b, h, j))
+                if (!is_whole_row(host, s, b, j) && is_exact(host, s, b, h, j))
                     group[used++] = (cl_uint)(b * s->tokens + j);
             }
         }
