@@ -377,19 +377,30 @@ static int enqueue_rows(mca_attention_t *layer, cl_kernel kernel, const forward_
     return mca_launch(layer->context, kernel, 2, global, NULL);
 }
 
+/* Reserves the host arrays of A, B and C offsets for a batch of `count` GEMMs. */
+static int reserve_gemm_offsets(mca_attention_t *layer, size_t count, size_t **a_offsets,
+                                size_t **b_offsets, size_t **c_offsets)
+{
+    int status = reserve_host((void **)&layer->host.gemm_offsets,
+                              &layer->host.offsets_capacity, 3 * count, sizeof(size_t));
+    if (status != MCA_SUCCESS)
+        return status;
+    *a_offsets = layer->host.gemm_offsets;
+    *b_offsets = *a_offsets + count;
+    *c_offsets = *b_offsets + count;
+    return MCA_SUCCESS;
+}
+
 /* A[b, h] = softmax(Q_h K_h^T / sqrt(d)) over the valid keys: the scores of every (b, h)
  * come from one batched GEMM, then the softmax_rows kernel masks and normalizes them. */
 static int compute_probabilities(mca_attention_t *layer, const forward_shape_t *s,
                                  cl_mem projections, cl_mem lengths, cl_mem probabilities)
 {
     size_t count = s->batch * s->heads;
-    int status = reserve_host((void **)&layer->host.gemm_offsets,
-                              &layer->host.offsets_capacity, 3 * count, sizeof(size_t));
+    size_t *q_offsets, *k_offsets, *s_offsets;
+    int status = reserve_gemm_offsets(layer, count, &q_offsets, &k_offsets, &s_offsets);
     if (status != MCA_SUCCESS)
         return status;
-    size_t *q_offsets = layer->host.gemm_offsets;
-    size_t *k_offsets = q_offsets + count;
-    size_t *s_offsets = k_offsets + count;
     for (size_t b = 0; b < s->batch; b++) {
         for (size_t h = 0; h < s->heads; h++) {
             size_t bh = b * s->heads + h;
@@ -423,13 +434,10 @@ static int multiply_values(mca_attention_t *layer, const forward_shape_t *s,
                            cl_mem probabilities, cl_mem projections, cl_mem output)
 {
     size_t count = s->batch * s->heads;
-    int status = reserve_host((void **)&layer->host.gemm_offsets,
-                              &layer->host.offsets_capacity, 3 * count, sizeof(size_t));
+    size_t *a_offsets, *b_offsets, *c_offsets;
+    int status = reserve_gemm_offsets(layer, count, &a_offsets, &b_offsets, &c_offsets);
     if (status != MCA_SUCCESS)
         return status;
-    size_t *a_offsets = layer->host.gemm_offsets;
-    size_t *b_offsets = a_offsets + count;
-    size_t *c_offsets = b_offsets + count;
     for (size_t b = 0; b < s->batch; b++) {
         for (size_t h = 0; h < s->heads; h++) {
             size_t bh = b * s->heads + h;
@@ -705,8 +713,8 @@ static int plan_sampled_values(mca_attention_t *layer, const forward_shape_t *s,
 }
 
 /* Writes the `count` exact products from slot `first` of the exact table into the value
- * columns of their rows, with the bias added: group_width values per slot, and slot
- * first + q to value columns (q / rows_per_group) * group_width onwards. */
+ * columns of their rows, with the bias added. Each slot contributes group_width values, and
+ * slot first + q writes value columns (q / rows_per_group) * group_width onwards. */
 static int scatter_exact_values(mca_attention_t *layer, const forward_shape_t *s, size_t first,
                                 size_t count, size_t rows_per_group, size_t group_width,
                                 cl_mem projections)
@@ -733,12 +741,11 @@ static int scatter_exact_values(mca_attention_t *layer, const forward_shape_t *s
     return status;
 }
 
-/* Value rows of the exact (token, head) pairs as `plan` groups them: gather their hidden
- * states (zero rows pad the per-head groups), one GEMM for the whole rows and one batched
- * GEMM for the per-head groups, then scatter with the bias added. The per-head groups run
- * as one batched call rather than one GEMM per head, because each CLBlast call costs about
- * 2 ms on PoCL, whatever its size. Slot q's product starts at element q * D of
- * exact_values, so both parts share the gathered rows and the product buffer. */
+/* Computes the value rows of the exact (token, head) pairs as `plan` groups them. The
+ * hidden states are gathered, with zero rows padding the per-head groups. The whole rows
+ * take one GEMM and the per-head groups one batched GEMM, because each CLBlast call costs
+ * about 2 ms on PoCL whatever its size. A scatter then adds the bias. Slot q's product
+ * starts at element q * D of exact_values, so both parts share the two buffers. */
 static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s,
                                 const exact_plan_t *plan, cl_mem hidden, cl_mem projections)
 {
@@ -748,6 +755,7 @@ static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s
     mca_context_t *context = layer->context;
     mca_attention_workspace_t *ws = &layer->workspace;
     mca_attention_host_t *host = &layer->host;
+    size_t *a_offsets = NULL, *b_offsets = NULL, *c_offsets = NULL;
     int status = reserve(layer, &ws->exact_rows, slots * sizeof(cl_uint), "exact rows");
     if (status == MCA_SUCCESS)
         status = reserve(layer, &ws->exact_hidden, slots * s->hidden * sizeof(float),
@@ -756,8 +764,7 @@ static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s
         status = reserve(layer, &ws->exact_values, slots * s->hidden * sizeof(float),
                          "exact value rows");
     if (status == MCA_SUCCESS)
-        status = reserve_host((void **)&host->gemm_offsets, &host->offsets_capacity,
-                              3 * s->heads, sizeof(size_t));
+        status = reserve_gemm_offsets(layer, s->heads, &a_offsets, &b_offsets, &c_offsets);
     if (status == MCA_SUCCESS)
         status = mca_buffer_write(context, ws->exact_rows.buffer, 0, slots * sizeof(cl_uint),
                                   host->exact_rows);
@@ -791,9 +798,6 @@ static int compute_exact_values(mca_attention_t *layer, const forward_shape_t *s
     if (status == MCA_SUCCESS && plan->rows_per_head > 0) {
         /* Group h's products are (rows_per_head, d) with row stride D, so that slot q's
          * product starts at element q * D like the whole rows'. */
-        size_t *a_offsets = host->gemm_offsets;
-        size_t *b_offsets = a_offsets + s->heads;
-        size_t *c_offsets = b_offsets + s->heads;
         for (size_t h = 0; h < s->heads; h++) {
             size_t first_slot = plan->whole_rows + h * plan->rows_per_head;
             a_offsets[h] = first_slot * s->hidden;

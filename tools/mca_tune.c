@@ -569,6 +569,23 @@ static void add_tuner_result(cJSON *document, const tuner_t *tuner, tuner_result
     cJSON_AddNumberToObject(entry, "time_ms", result->time_ms);
 }
 
+/* Removes the document's entry for `kernel` and returns whether it existed. */
+static bool remove_kernel_entry(cJSON *document, const char *kernel)
+{
+    cJSON *kernels = cJSON_GetObjectItemCaseSensitive(document, "kernels");
+    int index = 0;
+    const cJSON *entry = NULL;
+    cJSON_ArrayForEach(entry, kernels) {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(entry, "kernel");
+        if (cJSON_IsString(name) && strcmp(name->valuestring, kernel) == 0) {
+            cJSON_DeleteItemFromArray(kernels, index);
+            return true;
+        }
+        index++;
+    }
+    return false;
+}
+
 /* Reads an existing tuning file for --switch-only and removes its GemmRoutine entry, which
  * the run measures again. Returns NULL with a message when the file is missing or not a
  * tuning file. */
@@ -593,16 +610,7 @@ static cJSON *read_kernel_parameters(const char *path, const char *device_name)
         cJSON_Delete(document);
         return NULL;
     }
-    int index = 0;
-    const cJSON *entry = NULL;
-    cJSON_ArrayForEach(entry, kernels) {
-        const cJSON *kernel = cJSON_GetObjectItemCaseSensitive(entry, "kernel");
-        if (cJSON_IsString(kernel) && strcmp(kernel->valuestring, "GemmRoutine") == 0) {
-            cJSON_DeleteItemFromArray(kernels, index);
-            break;
-        }
-        index++;
-    }
+    remove_kernel_entry(document, "GemmRoutine");
     return document;
 }
 
@@ -616,19 +624,9 @@ static cJSON *read_kernel_parameters(const char *path, const char *device_name)
  * paying for a kernel that runs only GEMMs smaller than every library shape measured here. */
 static void drop_direct_parameters(cJSON *document)
 {
-    cJSON *kernels = cJSON_GetObjectItemCaseSensitive(document, "kernels");
-    int index = 0;
-    const cJSON *entry = NULL;
-    cJSON_ArrayForEach(entry, kernels) {
-        const cJSON *kernel = cJSON_GetObjectItemCaseSensitive(entry, "kernel");
-        if (cJSON_IsString(kernel) && strcmp(kernel->valuestring, "XgemmDirect") == 0) {
-            cJSON_DeleteItemFromArray(kernels, index);
-            mca_tune_progress("  no measured shape runs XgemmDirect, so the file keeps CLBlast's "
-                              "default XgemmDirect parameters, which compile faster");
-            return;
-        }
-        index++;
-    }
+    if (remove_kernel_entry(document, "XgemmDirect"))
+        mca_tune_progress("  no measured shape runs XgemmDirect, so the file keeps CLBlast's "
+                          "default XgemmDirect parameters, which compile faster");
 }
 
 /* Applies the tuned kernels (written to `draft_path`), times and checks the library's GEMM
