@@ -158,17 +158,17 @@ typedef enum mca_mode {
     MCA_MODE_MCA = 1    /* Monte-Carlo approximation of V */
 } mca_mode_t;
 
-/* Which value rows MCA mode computes exactly. */
+/* Rule for the value rows that MCA mode computes exactly. In both rules, tokens whose every
+ * head reaches r = D run as whole rows in one (tokens, D, D) GEMM. */
 typedef enum mca_exact_rows {
-    /* Only the (token, head) pairs whose sample count reaches D, as the paper does: one
-     * batched GEMM over per-head groups. The default. */
+    /* Only the (token, head) pairs whose sample count reaches D, as the paper does. The
+     * other exact pairs run in one batched GEMM over per-head groups. The default. */
     MCA_EXACT_PAIRS = 0,
-    /* Whole value rows of every token that has such a pair in some head, in one (tokens, D,
-     * D) GEMM, when that GEMM is expected to be faster than the per-head one. The other
-     * heads of those tokens then become exact too, so this mode is never less accurate than
-     * MCA_EXACT_PAIRS.
-     * On encoder models most tokens draw the full count in at least one head, so this mode
-     * usually computes V exactly at about the cost of exact mode. */
+    /* Whole value rows of every token that has such a pair in some head, when the whole-row
+     * GEMM is expected to be faster than the per-head one. The choice is made per sequence.
+     * The other heads of those tokens become exact too, so no error bound is higher than
+     * with MCA_EXACT_PAIRS. On encoder models most tokens draw the full count in at least
+     * one head, so this mode usually computes V exactly at about the cost of exact mode. */
     MCA_EXACT_WHOLE_ROWS = 1
 } mca_exact_rows_t;
 

@@ -81,7 +81,7 @@ int mca_launch(const mca_context_t *context, cl_kernel kernel, cl_uint dims,
 int mca_launch_groups(const mca_context_t *context, cl_kernel kernel, size_t group_count,
                       size_t group_size);
 
-/* Work-group size that mca_launch and mca_launch_groups use for `kernel`. */
+/* Stores in *group_size the work-group size that mca_launch uses for `kernel`. */
 int mca_kernel_group_size(const mca_context_t *context, cl_kernel kernel, size_t *group_size);
 
 /* Creates a device buffer of `bytes` (> 0) after checking the request against the

@@ -7,7 +7,7 @@
 #include <string.h>
 
 /* Bit k is set while faults of kind k are counted. Set after the target and the count, with
- * release order, so that a wrapper that sees the bit also sees both. */
+ * release order, so that a wrapper that reads the bit set also reads both. */
 static atomic_uint armed_kinds;
 static atomic_long targets[MCA_FAULT_KIND_COUNT];
 static atomic_long calls[MCA_FAULT_KIND_COUNT];

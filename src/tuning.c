@@ -356,7 +356,7 @@ static int check_device_not_blocked(mca_context_t *context)
                              path, context->device_name);
 }
 
-/* Passes every entry to CLBlast; *installed counts the entries CLBlast accepted. */
+/* Passes every entry to CLBlast and counts in *installed the entries that it accepted. */
 static int apply_entries(mca_context_t *context, const char *path, const tuning_file_t *file,
                          size_t *installed)
 {
